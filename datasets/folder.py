@@ -1,0 +1,89 @@
+"""Folder-based RS scene datasets and the reference split (SPEC.md section 3).
+
+Layout: ``<data>/<dataset>/<class>/<image>.<ext>``; classes are the sorted sub-folder names and a
+label is the class index.
+"""
+import os
+import random
+
+import torch
+from PIL import Image
+
+from lib.errors import InputError
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def list_class_files(root, ext):
+    """Sorted class names and, per class, the sorted file names whose extension is ``ext``.
+
+    The extension match is case-insensitive (``.TIF`` counts as ``tif``); the reference globbed
+    ``*.<ext>``, which is case-sensitive on Linux.
+    """
+    if not os.path.isdir(root):
+        raise InputError(f"dataset folder {root} does not exist (check --data and --dataset)")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise InputError(f"dataset folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+    suffix = "." + ext.lstrip(".").lower()
+    files = {c: sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(suffix)) for c in classes}
+    if not any(files.values()):
+        raise InputError(f"no '*{suffix}' files under {root}/<class>/ (check --imgEXT)")
+    return classes, files
+
+
+def split_class(files, seed=42, ratios=(0.7, 0.1, 0.2)):
+    """Train / val / test lists of one class, exactly as the reference draws them.
+
+    The seed is reset for every class. The val/test boundary is ``int(0.8 * n)`` as the reference
+    writes it: ``0.7 + 0.1`` is ``0.7999999999999999`` in floating point, so the sum is rounded first.
+    """
+    files = list(files)
+    random.seed(seed)
+    random.shuffle(files)
+    n = len(files)
+    a = int(ratios[0] * n)
+    b = int(round(ratios[0] + ratios[1], 12) * n)
+    return files[:a], files[a:b], files[b:]
+
+
+def build_splits(root, ext="tif", seed=42, ratios=(0.7, 0.1, 0.2)):
+    """The reference split of ``root`` = ``<data>/<dataset>``.
+
+    Returns ``{"classes": [...], "train": [(path, label), ...], "val": [...], "test": [...]}``,
+    class by class, in the reference's shuffled order within a class. Opens no image.
+    """
+    classes, files = list_class_files(root, ext)
+    splits = {"classes": classes, **{name: [] for name in SPLIT_NAMES}}
+    for label, name in enumerate(classes):
+        for split, part in zip(SPLIT_NAMES, split_class(files[name], seed, ratios)):
+            splits[split] += [(os.path.join(root, name, f), label) for f in part]
+    return splits
+
+
+def load_rgb(path):
+    """Decode one image as RGB, naming the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as error:
+        raise InputError(f"cannot read image {path}: {error}") from None
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """``(image, label, index)`` over ``(path, label)`` pairs; ``targets`` needs no I/O."""
+
+    def __init__(self, samples, transform=None):
+        self.samples = list(samples)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label, index

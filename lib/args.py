@@ -1,0 +1,69 @@
+"""Command-line arguments of both entry points; the method-specific ones are in their own group.
+
+Every number from the paper (SPEC.md section 7) is a flag whose default is the paper's value.
+The reference scripts' flags keep their names, meanings and defaults.
+"""
+import argparse
+
+from models import ARCHS
+
+METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
+
+
+def get_args_parser(memory="mb"):
+    parser = argparse.ArgumentParser(
+        description=f"Train {METHODS[memory]} (Kang et al., IEEE TGRS 2020).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.set_defaults(memory=memory)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=None, help="folder holding <dataset>/<class>/<image>; "
+                      "without it the embedded synthetic dataset is generated under <repo>/data")
+    data.add_argument("--dataset", default=None, help="dataset folder name under --data; 'synthetic' "
+                      "without --data, else UCMerced_LandUse (the reference's default). Paper: AID, NWPU-RESISC45")
+    data.add_argument("--imgEXT", default=None, help="image file extension, case-insensitive "
+                      "(default: tif, the reference's; png for the synthetic dataset)")
+    data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
+    data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="resnet18", choices=sorted(ARCHS), help="trunk; paper: resnet18")
+    model.add_argument("--dim", type=int, default=128, help="embedding dimension D; paper: 128")
+    model.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"),
+                       help="trunk initialisation; paper: imagenet (torchvision weights, from the cache or downloaded)")
+    model.add_argument("--weights", default=None, metavar="PATH",
+                       help="local torchvision state dict for the trunk (overrides --pretrained)")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int, default=130, help="paper: 130")
+    optim.add_argument("-b", "--batch-size", type=int, default=256, help="paper: 256")
+    optim.add_argument("--lr", type=float, default=0.1, help="SGD learning rate; paper: 0.1")
+    optim.add_argument("--lr-step", type=int, default=30, help="epochs between learning-rate decays; paper: 30")
+    optim.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate decay factor; paper: 0.5")
+    optim.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum; paper: 0.9")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="paper: 1e-4")
+
+    loss = parser.add_argument_group("SNCA-CE loss")
+    loss.add_argument("--temperature", type=float, default=0.05, help="SNCA temperature T; paper: 0.05")
+    loss.add_argument("--margin", type=float, default=0.0, help="SNCA margin in cosine units (divided by T); paper: 0")
+    loss.add_argument("--lambda_", type=float, default=1.0, help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
+
+    method = parser.add_argument_group(METHODS[memory])
+    if memory == "mb":
+        method.add_argument("--memory-momentum", type=float, default=0.5,
+                            help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
+    else:
+        method.add_argument("--ema-momentum", type=float, default=0.999,
+                            help="key-encoder EMA momentum; paper: 0.999")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch and the loader workers")
+    run.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")
+    run.add_argument("--out", default="runs", help="folder of run folders")
+    run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
+    run.add_argument("--resume", default="", metavar="PATH",
+                     help="checkpoint to continue from, e.g. RUN/checkpoints/last.pt (its run folder is reused)")
+    return parser

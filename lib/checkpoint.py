@@ -1,0 +1,50 @@
+"""Checkpoints: state dicts and plain values only, written atomically, loaded with ``weights_only=True``."""
+import os
+import pickle
+
+import torch
+
+from lib.errors import InputError
+
+# Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
+MUST_MATCH = ("memory", "model", "dim", "dataset", "image_size")
+
+
+def save_checkpoint(path, state):
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash at any moment leaves either the old or the new checkpoint, never a torn one.
+    """
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def load_state(path, flag="--resume", map_location="cpu"):
+    """``torch.load(path, weights_only=True)``; any failure is one line naming ``flag`` and the file."""
+    if not os.path.isfile(path):
+        raise InputError(f"{flag} {path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).splitlines()[0]
+        if "Weights only load failed" in reason:
+            reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"
+        raise InputError(f"{flag} {path}: not a loadable state dict ({reason})") from None
+
+
+def check_compatible(checkpoint, args, num_train, num_classes):
+    """Refuse, in one line, a checkpoint whose configuration differs from this run's."""
+    saved = dict(checkpoint["args"], num_train=checkpoint["num_train"], num_classes=checkpoint["num_classes"])
+    ours = dict(vars(args), num_train=num_train, num_classes=num_classes)
+    for key in (*MUST_MATCH, "num_train", "num_classes"):
+        if saved.get(key) != ours.get(key):
+            raise InputError(f"--resume: the checkpoint has {key}={saved.get(key)!r}, this run {key}={ours.get(key)!r}")

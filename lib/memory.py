@@ -1,0 +1,63 @@
+"""The memory of SNCA: one embedding per training image (SPEC.md sections 5 and 6).
+
+MB keeps a momentum average of the network's own embeddings; MU writes the embeddings of a
+momentum-updated copy of the network, the key encoder (He et al., MoCo, CVPR 2020). Both are
+buffers with explicit no-grad updates, called by the training loop after ``backward()``.
+"""
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Memory(nn.Module):
+    """N x D memory, uniform in [-sqrt(3/D), sqrt(3/D)] at the start, with the label of every row."""
+
+    def __init__(self, labels, dim):
+        super().__init__()
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        bound = math.sqrt(3.0 / dim)
+        self.register_buffer("memory", torch.rand(len(labels), dim) * 2 * bound - bound)  # (N, D)
+        self.register_buffer("labels", labels)                                         # (N,)
+
+    def forward(self, features, temperature):
+        """Similarities of the batch to every row over the temperature: the logits of ``snca_loss``."""
+        return features @ self.memory.T / temperature                                   # (B, N)
+
+    @torch.no_grad()
+    def update(self, indices, features, momentum):
+        """m_i <- normalise(momentum * m_i + (1 - momentum) * f_i) for the batch's rows.
+
+        MB uses momentum 0.5 / 0.8 / 0.9 (``memory_momentum``); MU passes 0, which replaces the rows
+        by the (already unit) key embeddings.
+        """
+        features = features.detach().to(self.memory.dtype)                             # (B, D)
+        rows = self.memory[indices] * momentum + features * (1.0 - momentum)            # (B, D)
+        self.memory[indices] = F.normalize(rows, dim=1)
+
+
+class KeyEncoder(nn.Module):
+    """A frozen copy of the network moved towards it by an exponential moving average (MU).
+
+    Its forward runs without gradient with BatchNorm in training mode, so that its running
+    statistics come from its own passes, as in the reference. On one device the reference's
+    shuffle-BN (shuffle the batch, encode, un-shuffle) gives the same output, so it is not done.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = copy.deepcopy(model)
+        self.encoder.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, images):
+        self.encoder.train()
+        return self.encoder(images)
+
+    @torch.no_grad()
+    def update(self, model, momentum):
+        """theta_k <- momentum * theta_k + (1 - momentum) * theta_q over parameters, not BN statistics."""
+        for key, query in zip(self.encoder.parameters(), model.parameters()):
+            key.mul_(momentum).add_(query.detach(), alpha=1.0 - momentum)

@@ -1,0 +1,88 @@
+"""The run folder: arguments, splits, per-epoch metrics (JSON lines and TensorBoard), checkpoints.
+
+<out>/<run-name>/
+    args.json           all arguments, git commit, command line
+    splits/             train.txt, val.txt, test.txt (relative path and label per line), classes.txt
+    metrics.jsonl       one JSON object per epoch
+    tb/                 TensorBoard events (train/*, val/*)
+    checkpoints/        last.pt, best.pt
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from torch.utils.tensorboard import SummaryWriter
+
+from lib.errors import InputError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def run_folder(args):
+    """The folder of this run: the resumed checkpoint's, or a new ``<out>/<run-name>`` that must not exist."""
+    if args.resume:
+        return os.path.dirname(os.path.dirname(os.path.abspath(args.resume)))
+    name = args.run_name or time.strftime("%Y%m%d-%H%M%S-") + f"snca-ce-{args.memory}"
+    folder = os.path.join(args.out, name)
+    if os.path.exists(folder):
+        raise InputError(f"run folder {folder} already exists: choose another --run-name, or --resume its checkpoint")
+    return folder
+
+
+class RunLog:
+    """Writes everything a run records. On resume after ``done_epochs``, later epochs' metrics are dropped.
+
+    Epochs are counted from 1 in metrics.jsonl and TensorBoard (epoch 1 is the first one trained).
+    """
+
+    def __init__(self, folder, done_epochs=0):
+        self.folder = folder
+        self.checkpoints = os.path.join(folder, "checkpoints")
+        os.makedirs(self.checkpoints, exist_ok=True)
+        self.metrics_path = os.path.join(folder, "metrics.jsonl")
+        kept = [m for m in self.read_metrics() if m["epoch"] <= done_epochs]
+        with open(self.metrics_path, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in kept)
+        self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=done_epochs + 1)
+
+    def read_metrics(self):
+        if not os.path.exists(self.metrics_path):
+            return []
+        with open(self.metrics_path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def write_args(self, args, **extra):
+        record = {**vars(args), **extra, "git_commit": git_commit(), "command": shlex.join([sys.executable, *sys.argv])}
+        with open(os.path.join(self.folder, "args.json"), "w") as f:
+            json.dump(record, f, indent=2)
+
+    def write_splits(self, splits, root):
+        folder = os.path.join(self.folder, "splits")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "classes.txt"), "w") as f:
+            f.writelines(f"{c}\n" for c in splits["classes"])
+        for name in ("train", "val", "test"):
+            with open(os.path.join(folder, f"{name}.txt"), "w") as f:
+                f.writelines(f"{os.path.relpath(p, root)} {label}\n" for p, label in splits[name])
+
+    def log_epoch(self, metrics, scalars):
+        """Append ``metrics`` to metrics.jsonl; ``scalars`` maps TensorBoard tags to metric keys."""
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        for tag, key in scalars.items():
+            self.tb.add_scalar(tag, metrics[key], metrics["epoch"])
+        self.tb.flush()
+
+    def close(self):
+        self.tb.close()

@@ -1,0 +1,48 @@
+"""Seeds and random-number-generator state.
+
+Every epoch reseeds python, numpy, torch and the loader from (``--seed``, epoch), so that an epoch's
+random draws (shuffle order, augmentations, worker seeds) do not depend on what ran before it.
+"""
+import random
+
+import numpy as np
+import torch
+
+
+def epoch_seed(seed, epoch):
+    """A 32-bit seed for ``epoch`` of a run seeded with ``seed``; distinct runs get unrelated streams."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id):
+    """DataLoader ``worker_init_fn``: python and numpy follow the worker's torch seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state():
+    """Every generator's state as plain values and tensors (loads with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "gauss": gauss},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,140 @@
+"""Both entry points end to end on generated data: train, validate, write the run folder, resume; bad input."""
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SCRIPTS = {
+    "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
+    "mu": os.path.join(REPO, "train_SNCA_CE_MC", "main.py"),
+}
+METRIC_KEYS = {"epoch", "loss", "loss_snca", "loss_ce", "lr", "knn_acc", "knn_acc_bank", "knn_acc_extracted", "time_s"}
+TAGS = {"train/loss", "train/loss_snca", "train/loss_ce", "train/lr", "val/knn_acc"}
+
+
+def run(method, *flags, cwd):
+    """Run an entry point from ``cwd`` (not the repository) and return the completed process."""
+    return subprocess.run([sys.executable, SCRIPTS[method], *flags], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def small_run(method, data, out, *extra, epochs=2, run_name="run"):
+    return ["--data", data, "--dataset", "tiny", "--imgEXT", "png", "--image-size", "32", "-b", "16",
+            "--num_workers", "0", "--pretrained", "none", "--epochs", str(epochs), "--lr", "0.01",
+            "--out", out, "--run-name", run_name, *extra]
+
+
+def metrics(folder):
+    with open(os.path.join(folder, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("method", ["mb", "mu"])
+def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
+    out = str(tmp_path / "runs")
+    done = run(method, *small_run(method, image_tree, out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = os.path.join(out, "run")
+    assert "val kNN@10" in done.stdout and "epoch 2/2" in done.stdout
+
+    args = json.loads(Path(folder, "args.json").read_text())
+    assert args["memory"] == method and args["command"].endswith("--run-name run") and "git_commit" in args
+    lines = metrics(folder)
+    assert [m["epoch"] for m in lines] == [1, 2] and all(METRIC_KEYS <= m.keys() for m in lines)
+    assert all(0 <= m["knn_acc"] <= 1 for m in lines)
+    own = "knn_acc_bank" if method == "mb" else "knn_acc_extracted"
+    assert all(m["knn_acc"] == m[own] for m in lines)
+    for split, count in (("train", 4 * 8), ("val", 4 * 1), ("test", 4 * 3)):
+        rows = Path(folder, "splits", f"{split}.txt").read_text().splitlines()
+        assert len(rows) == count and all(os.path.isfile(os.path.join(image_tree, "tiny", r.split()[0])) for r in rows)
+
+    events = EventAccumulator(os.path.join(folder, "tb"))
+    events.Reload()
+    assert TAGS <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val/knn_acc")] == [1, 2]
+
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(os.path.join(folder, "checkpoints", name), weights_only=True)
+        assert {"model", "memory", "optimizer", "epoch", "best_acc", "args", "rng"} <= state.keys()
+    assert (state["key_encoder"] is not None) == (method == "mu")
+
+    resumed = run(method, *small_run(method, image_tree, out, "--resume",
+                                      os.path.join(folder, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
+    assert [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
+    assert torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)["epoch"] == 3
+
+
+def test_resumed_run_equals_a_straight_run(image_tree, tmp_path):
+    """Two epochs, stop, one more epoch = three epochs straight (CPU, same seed), losses and accuracy alike."""
+    out = str(tmp_path / "runs")
+    straight = run("mb", *small_run("mb", image_tree, out, epochs=3, run_name="straight"), cwd=tmp_path)
+    first = run("mb", *small_run("mb", image_tree, out, epochs=2, run_name="split"), cwd=tmp_path)
+    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
+    last = os.path.join(out, "split", "checkpoints", "last.pt")
+    second = run("mb", *small_run("mb", image_tree, out, "--resume", last, epochs=3), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    keys = ("loss", "loss_snca", "loss_ce", "lr", "knn_acc", "knn_acc_extracted", "memory_momentum")
+    a, b = metrics(os.path.join(out, "straight")), metrics(os.path.join(out, "split"))
+    assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+    sa = torch.load(os.path.join(out, "straight", "checkpoints", "last.pt"), weights_only=True)
+    sb = torch.load(last, weights_only=True)
+    assert torch.equal(sa["memory"]["memory"], sb["memory"]["memory"])
+    assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+
+
+@pytest.mark.parametrize("method", ["mb", "mu"])
+def test_help_documents_the_flags(method, tmp_path):
+    done = run(method, "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for flag in ("--data", "--dataset", "--batch-size", "--num_workers", "--epochs", "--lr", "--resume", "--dim",
+                 "--imgEXT", "--temperature", "--margin", "--model", "--lambda_", "--seed", "--device",
+                 "--image-size", "--pretrained", "--weights", "--out", "--run-name", "--knn-k"):
+        assert flag in done.stdout
+    assert ("--memory-momentum" if method == "mb" else "--ema-momentum") in done.stdout
+    assert "paper: 0.05" in done.stdout
+
+
+def one_line_error(done, *needles):
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()  # a progress bar may stand before it
+    assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, done.stderr
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def test_bad_input_gets_one_line_naming_the_path_or_flag(image_tree, tmp_path):
+    base = ["--pretrained", "none", "--image-size", "32", "--num_workers", "0", "--out", str(tmp_path / "runs")]
+    missing = str(tmp_path / "nowhere")
+    one_line_error(run("mb", "--data", missing, "--dataset", "x", *base, cwd=tmp_path), missing, "--data")
+    (tmp_path / "flat" / "ds").mkdir(parents=True)
+    (tmp_path / "flat" / "ds" / "a.png").write_bytes(b"")
+    one_line_error(run("mb", "--data", str(tmp_path / "flat"), "--dataset", "ds", *base, cwd=tmp_path),
+                   "no class sub-folders")
+    one_line_error(run("mb", "--data", image_tree, "--dataset", "tiny", "--imgEXT", "jpg", *base, cwd=tmp_path),
+                   "*.jpg", "--imgEXT")
+    one_line_error(run("mu", "--data", image_tree, "--dataset", "tiny", "--imgEXT", "png", "--resume",
+                       str(tmp_path / "none.pt"), *base, cwd=tmp_path), "--resume", "none.pt")
+    assert not os.path.exists(tmp_path / "runs")  # nothing was started
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_image_is_named(tmp_path, workers):
+    from conftest import make_image_tree
+
+    root = make_image_tree(str(tmp_path / "data" / "ds"), classes=2, per_class=10)
+    bad = glob.glob(os.path.join(root, "*", "*.png"))[3]
+    Path(bad).write_bytes(b"\x89PNG broken")
+    done = run("mb", "--data", str(tmp_path / "data"), "--dataset", "ds", "--imgEXT", "png", "--image-size", "32",
+               "--pretrained", "none", "--num_workers", workers, "--epochs", "1", "--out", str(tmp_path / "runs"),
+               cwd=tmp_path)
+    one_line_error(done, "cannot read image", os.path.basename(bad))

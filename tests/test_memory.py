@@ -1,0 +1,112 @@
+"""The memories (SPEC.md sections 5, 6) against the reference implementation's values and their formulas."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib import KeyEncoder, Memory, snca_loss
+from lib.schedules import memory_momentum, step_lr
+from models import EmbeddingNet
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def fixture_memory(key):
+    z = np.load(os.path.join(FIXTURES, "reference_snca.npz"))
+    memory = Memory(z["labels"], z["features"].shape[1])
+    memory.memory.copy_(torch.tensor(z[key]))
+    return memory, z
+
+
+def test_init_is_uniform_in_the_reference_range():
+    memory = Memory(torch.arange(5000) % 7, 128)
+    bound = math.sqrt(3 / 128)
+    assert memory.memory.shape == (5000, 128) and memory.memory.abs().max() <= bound
+    assert memory.memory.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # U(-a, a) has std a/sqrt(3)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+def test_memory_bank_update_equals_reference(margin):
+    memory, z = fixture_memory(f"m{margin}_memory_before")
+    indices, features = torch.tensor(z["indices"]), torch.tensor(z["features"])
+    memory.update(indices, features, momentum=0.5)
+    np.testing.assert_allclose(memory.memory.numpy(), z[f"m{margin}_memory_after_mb"], rtol=1e-5, atol=1e-6)
+
+
+def test_memory_bank_update_equals_formula():
+    memory = Memory(torch.arange(50) % 3, 8)
+    before = memory.memory.clone()
+    indices, features = torch.tensor([4, 9, 0]), F.normalize(torch.randn(3, 8), dim=1)
+    memory.update(indices, features, momentum=0.8)
+    want = before.clone()
+    for row, i in enumerate(indices):
+        blended = 0.8 * before[i] + 0.2 * features[row]
+        want[i] = blended / blended.norm()
+    torch.testing.assert_close(memory.memory, want)
+
+
+def test_momentum_update_replaces_rows_as_reference():
+    memory, z = fixture_memory("mu_memory_before")
+    memory.update(torch.tensor(z["indices"]), torch.tensor(z["key_features"]), momentum=0.0)
+    np.testing.assert_allclose(memory.memory.numpy(), z["mu_memory_after"], rtol=1e-5, atol=1e-6)
+
+
+def test_mu_loss_equals_reference():
+    memory, z = fixture_memory("mu_memory_before")
+    temperature = float(z["temperature"])
+    features = torch.tensor(z["features"], requires_grad=True)
+    loss = snca_loss(memory(features, temperature), torch.tensor(z["indices"]), memory.labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(float(z["mu_loss"]), rel=1e-5)
+    assert np.abs(features.grad.numpy() - z["mu_grad_features"]).max() <= 1e-4 * np.abs(z["mu_grad_features"]).max()
+
+
+def test_no_gradient_reaches_the_memory():
+    memory = Memory(torch.arange(20) % 4, 8)
+    features = F.normalize(torch.randn(5, 8), dim=1).requires_grad_(True)
+    snca_loss(memory(features, 0.05), torch.arange(5), memory.labels).backward()
+    assert features.grad is not None and memory.memory.grad is None
+    assert not any(True for _ in memory.parameters())
+
+
+def test_key_encoder_moves_towards_the_network_by_ema():
+    torch.manual_seed(0)
+    model = EmbeddingNet("resnet18", dim=8, num_classes=3)
+    keys = KeyEncoder(model)
+    assert all(torch.equal(k, q) for k, q in zip(keys.encoder.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    before = [p.clone() for p in keys.encoder.parameters()]
+    stats = [b.clone() for b in keys.encoder.buffers()]
+    keys.update(model, momentum=0.999)
+    for k, b, q in zip(keys.encoder.parameters(), before, model.parameters()):
+        torch.testing.assert_close(k, 0.999 * b + 0.001 * q)
+    assert all(torch.equal(a, b) for a, b in zip(keys.encoder.buffers(), stats))  # BN statistics: not averaged
+    assert not any(p.requires_grad for p in keys.encoder.parameters())
+
+
+def test_key_encoder_forward_uses_batch_statistics_and_no_gradient():
+    model = EmbeddingNet("resnet18", dim=8, num_classes=3)
+    keys = KeyEncoder(model)
+    model.eval()
+    running = keys.encoder.trunk.bn1.running_mean.clone()
+    embedding, _ = keys(torch.randn(4, 3, 32, 32))
+    assert not embedding.requires_grad
+    assert not torch.equal(keys.encoder.trunk.bn1.running_mean, running)  # train-mode BN updated its statistics
+
+
+def test_memory_momentum_schedule():
+    assert [memory_momentum(e) for e in (0, 79, 80, 119, 120, 129)] == [0.5, 0.5, 0.8, 0.8, 0.9, 0.9]
+
+
+def test_step_lr_equals_torch_steplr():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30, gamma=0.5)
+    for epoch in range(130):
+        assert step_lr(epoch, 0.1, 30, 0.5) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
+        optimizer.step()
+        scheduler.step()

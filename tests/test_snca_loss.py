@@ -1,0 +1,104 @@
+"""lib.snca_loss against the reference implementation's values and a float64 double loop (SPEC.md section 4)."""
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lib import snca_loss
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def double_loop(logits, indices, labels, margin):
+    """The formula, term by term, in float64 Python."""
+    total = 0.0
+    for row, i in enumerate(indices):
+        p = z = 0.0
+        for j in range(logits.shape[1]):
+            if j != i:
+                e = math.exp(logits[row, j])
+                z += e
+                p += e if labels[j] == labels[i] else 0.0
+        p_new = p * math.exp(-margin)
+        prob = p_new / (z - p + p_new)
+        total += math.log(prob) if prob > 0 else 0.0
+    return -total / len(indices)
+
+
+def plain_formula(logits, indices, labels, margin):
+    """The same formula with explicit exponentials, as differentiable float64 tensors."""
+    mask = torch.ones_like(logits)
+    mask[torch.arange(len(indices)), indices] = 0
+    e = torch.exp(logits) * mask
+    same = (labels[indices][:, None] == labels[None, :]).double()
+    p, z = (e * same).sum(1), e.sum(1)
+    p_new = p * math.exp(-margin)
+    prob = p_new / (z - p + p_new)
+    keep = prob > 0
+    return -torch.log(prob[keep]).sum() / len(indices)
+
+
+def random_problem(seed, batch=12, n=80, dim=16, classes=5, temperature=0.05):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    labels[3] = classes  # a class with a single member: its row has no positive
+    perm = torch.randperm(n, generator=g)
+    indices = torch.cat([torch.tensor([3]), perm[perm != 3][: batch - 1]])  # distinct, the lonely image first
+    features = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g, dtype=torch.float64), dim=1)
+    memory = torch.nn.functional.normalize(torch.randn(n, dim, generator=g, dtype=torch.float64), dim=1)
+    return features, memory, indices, labels, temperature
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.3])
+def test_equals_reference_implementation(margin):
+    z = np.load(os.path.join(FIXTURES, "reference_snca.npz"))
+    temperature = float(z["temperature"])
+    features = torch.tensor(z["features"], requires_grad=True)
+    memory = torch.tensor(z[f"m{margin}_memory_before"])
+    loss = snca_loss(features @ memory.T / temperature, torch.tensor(z["indices"]), torch.tensor(z["labels"]),
+                     margin=margin / temperature)
+    loss.backward()
+    assert loss.item() == pytest.approx(float(z[f"m{margin}_loss"]), rel=1e-5)
+    want = z[f"m{margin}_grad_features"]
+    assert np.abs(features.grad.numpy() - want).max() <= 1e-4 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.2 / 0.05, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_value_and_gradient_equal_the_formula(margin, seed):
+    features, memory, indices, labels, temperature = random_problem(seed)
+    x = features.clone().requires_grad_(True)
+    loss = snca_loss(x @ memory.T / temperature, indices, labels, margin=margin)
+    loss.backward()
+    assert loss.item() == pytest.approx(double_loop((features @ memory.T / temperature).numpy(), indices.tolist(),
+                                                    labels.tolist(), margin), rel=1e-6)
+    y = features.clone().requires_grad_(True)
+    plain_formula(y @ memory.T / temperature, indices, labels, margin).backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_row_without_positive_is_dropped_but_divisor_stays_batch_size():
+    features, memory, indices, labels, temperature = random_problem(3)
+    logits = features @ memory.T / temperature
+    whole = snca_loss(logits, indices, labels)
+    rest = snca_loss(logits[1:], indices[1:], labels)  # row 0 has no positive
+    assert whole.item() == pytest.approx(rest.item() * (len(indices) - 1) / len(indices), rel=1e-6)
+    x = features.clone().requires_grad_(True)
+    snca_loss(x @ memory.T / temperature, indices, labels).backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0].abs().max() == 0
+
+
+def test_half_precision_logits_do_not_overflow():
+    """Under autocast the logits may arrive as float16: exp(1/0.05) = 4.9e8 must not overflow."""
+    features, memory, indices, labels, temperature = random_problem(4)
+    for row, i in enumerate(indices[1:].tolist(), start=1):  # a same-class row at cosine 1: a logit of 20
+        others = (labels == labels[i]) & (torch.arange(len(labels)) != i)
+        memory[others.nonzero().flatten()[0]] = features[row]
+    logits = features @ memory.T / temperature
+    assert logits.max() > 19.99
+    want = double_loop(logits.numpy(), indices.tolist(), labels.tolist(), 0.0)
+    got = snca_loss(logits.half(), indices, labels)
+    assert got.dtype == torch.float32 and torch.isfinite(got)
+    assert got.item() == pytest.approx(want, rel=1e-2, abs=1e-3)

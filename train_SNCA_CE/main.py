@@ -1,0 +1,11 @@
+"""Train SNCA-CE with a memory bank (MB): `python train_SNCA_CE/main.py --help`."""
+import os
+import sys
+
+# The repository root goes first on the path, so that this script runs from any working directory.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lib.engine import main  # noqa: E402
+
+if __name__ == "__main__":
+    main(memory="mb")
