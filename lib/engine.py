@@ -54,7 +54,7 @@ def resolve_data(args):
 def make_loaders(splits, args, device):
     """Train loader (augmented, shuffled, last partial batch kept) and eval loaders (val, train)."""
     if not splits["val"]:
-        raise InputError("the validation split is empty: each class needs at least 5 images")
+        raise InputError("the validation split is empty: a class needs at least 4 images to give one")
     common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "pin_memory": device.type == "cuda",
               "worker_init_fn": seed_worker}
     generator = torch.Generator()
@@ -136,6 +136,10 @@ def train(args):
               f"ce {losses['loss_ce']:.4f})  lr {lr:g}  val kNN@{args.knn_k} {100 * knn_acc:.2f}% "
               f"[bank {100 * accuracy['bank']:.2f}%, extracted {100 * accuracy['extracted']:.2f}%]  "
               f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
+    if start_epoch >= args.epochs:  # nothing left to train: report the current model
+        accuracy = validate(model, memory, val_loader, train_eval_loader, device, args.knn_k)
+        best_acc = accuracy[OWN_REFERENCE[args.memory]]
     log.close()
-    print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; checkpoints in {log.checkpoints}")
+    print(f"done after {max(start_epoch, args.epochs)} epochs: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; "
+          f"run folder {log.folder}")
     return log.folder

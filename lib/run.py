@@ -16,6 +16,7 @@ import time
 
 from torch.utils.tensorboard import SummaryWriter
 
+from datasets.folder import SPLIT_NAMES
 from lib.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ class RunLog:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "classes.txt"), "w") as f:
             f.writelines(f"{c}\n" for c in splits["classes"])
-        for name in ("train", "val", "test"):
+        for name in SPLIT_NAMES:
             with open(os.path.join(folder, f"{name}.txt"), "w") as f:
                 f.writelines(f"{os.path.relpath(p, root)} {label}\n" for p, label in splits[name])
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -71,6 +72,11 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
     assert [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
     assert torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)["epoch"] == 3
+
+    finished = run(method, *small_run(method, image_tree, out, "--resume",
+                                       os.path.join(folder, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr
+    assert "done after 3 epochs" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
 
 
 def test_resumed_run_equals_a_straight_run(image_tree, tmp_path):
