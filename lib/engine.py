@@ -8,13 +8,13 @@ from torch.utils.data import DataLoader
 
 from datasets import SceneDataset, build_splits, eval_transform, make_synthetic, train_transform
 from lib.args import get_args_parser
-from lib.checkpoint import check_compatible, load_state, save_checkpoint
+from lib.checkpoint import check_compatible, load_state, restore_training_state, save_checkpoint, training_state
 from lib.errors import InputError, one_line
 from lib.memory import KeyEncoder, Memory
 from lib.run import REPO, RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
 from lib.train import train_one_epoch, validate
-from lib.utils import epoch_seed, rng_state, seed_everything, seed_worker, set_rng_state
+from lib.utils import epoch_seed, seed_everything, seed_worker
 from models import EmbeddingNet, trunk_weights
 
 # The method's own kNN reference selects the best checkpoint (SPEC.md sections 5, 6).
@@ -90,13 +90,7 @@ def train(args):
                                 weight_decay=args.weight_decay)
     start_epoch, best_acc = 0, -1.0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        memory.load_state_dict(checkpoint["memory"])
-        if key_encoder is not None:
-            key_encoder.load_state_dict(checkpoint["key_encoder"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
-        start_epoch, best_acc = checkpoint["epoch"], checkpoint["best_acc"]
+        start_epoch, best_acc = restore_training_state(checkpoint, model, memory, key_encoder, optimizer)
 
     # ---------------- run folder ----------------
     log = RunLog(run_folder(args), done_epochs=start_epoch)
@@ -125,10 +119,8 @@ def train(args):
                    "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
                    "best_knn_acc": best_acc, "time_s": time.time() - start}
         log.log_epoch(metrics, SCALARS)
-        state = {"model": model.state_dict(), "memory": memory.state_dict(), "optimizer": optimizer.state_dict(),
-                 "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
-                 "epoch": epoch + 1, "best_acc": best_acc, "args": vars(args), "num_train": num_train,
-                 "num_classes": num_classes, "rng": rng_state()}
+        state = training_state(model, memory, key_encoder, optimizer, epoch + 1, best_acc, args, num_train,
+                               num_classes)
         save_checkpoint(os.path.join(log.checkpoints, "last.pt"), state)
         if is_best:
             save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
@@ -138,8 +130,8 @@ def train(args):
               f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
     if start_epoch >= args.epochs:  # nothing left to train: report the current model
         accuracy = validate(model, memory, val_loader, train_eval_loader, device, args.knn_k)
-        best_acc = accuracy[OWN_REFERENCE[args.memory]]
+        print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
+              f"{100 * accuracy[OWN_REFERENCE[args.memory]]:.2f}%")
     log.close()
-    print(f"done after {max(start_epoch, args.epochs)} epochs: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; "
-          f"run folder {log.folder}")
+    print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {log.folder}")
     return log.folder

@@ -76,7 +76,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     finished = run(method, *small_run(method, image_tree, out, "--resume",
                                        os.path.join(folder, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
-    assert "done after 3 epochs" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
+    assert "nothing to train after epoch 3" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
 
 
 def test_resumed_run_equals_a_straight_run(image_tree, tmp_path):
