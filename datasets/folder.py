@@ -7,6 +7,7 @@ import os
 import random
 
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from lib.errors import InputError
@@ -70,20 +71,26 @@ def load_rgb(path):
         raise InputError(f"cannot read image {path}: {error}") from None
 
 
-class SceneDataset(torch.utils.data.Dataset):
-    """``(image, label, index)`` over ``(path, label)`` pairs; ``targets`` needs no I/O."""
+def decode_resized(path, size):
+    """The reference's first transform, ``Resize((size, size))`` on the decoded image, as uint8 (3, S, S).
 
-    def __init__(self, samples, transform=None):
+    Everything after it (augmentation, normalisation) runs on whole batches on the training device
+    (``datasets.augment``), so that decoded images can be kept and reused across epochs.
+    """
+    return TF.pil_to_tensor(TF.resize(load_rgb(path), [size, size]))
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """``(uint8 image (3, S, S), label, index)`` over ``(path, label)`` pairs; ``targets`` needs no I/O."""
+
+    def __init__(self, samples, size):
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
-        self.transform = transform
+        self.size = size
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        image = load_rgb(path)
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, label, index
+        return decode_resized(path, self.size), label, index

@@ -26,7 +26,12 @@ def get_args_parser(memory="mb"):
                       "(default: tif, the reference's; png for the synthetic dataset)")
     data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
-    data.add_argument("--num_workers", type=int, default=4, help="data loader worker processes")
+    data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
+    data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
+                      help="keep the decoded, resized images on the training device, in CPU memory, or decode "
+                      "every epoch (none); auto: device when they take under half its free memory, else memory")
+    data.add_argument("--cache-dir", default=None, metavar="DIR",
+                      help="also store the decoded images on disk here, reused while the files are unchanged")
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="resnet18", choices=sorted(ARCHS), help="trunk; paper: resnet18")
@@ -59,9 +64,16 @@ def get_args_parser(memory="mb"):
                             help="key-encoder EMA momentum; paper: 0.999")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0, help="seeds python, numpy, torch and the loader workers")
+    run.add_argument("--seed", type=int, default=0,
+                     help="seeds python, numpy, torch and the shuffle, anew every epoch from (seed, epoch)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
+    run.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
+                     help="mixed precision of the network (default: bf16 on CUDA, none elsewhere); "
+                     "the SNCA loss, the memory and kNN stay float32")
+    run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                     help="storage of the memory (read as float32); half types halve it for very large datasets")
     run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")
+    run.add_argument("--eval-batch-size", type=int, default=512, help="batch of the validation embedding passes")
     run.add_argument("--out", default="runs", help="folder of run folders")
     run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
     run.add_argument("--resume", default="", metavar="PATH",

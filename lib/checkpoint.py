@@ -51,20 +51,23 @@ def check_compatible(checkpoint, args, num_train, num_classes):
             raise InputError(f"--resume: the checkpoint has {key}={saved.get(key)!r}, this run {key}={ours.get(key)!r}")
 
 
-def training_state(model, memory, key_encoder, optimizer, epoch, best_acc, args, num_train, num_classes):
+def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_acc, args, num_train, num_classes):
     """Everything a run needs to continue after ``epoch`` completed epochs, as state dicts and plain values."""
     return {"model": model.state_dict(), "memory": memory.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
             "epoch": epoch, "best_acc": best_acc, "args": vars(args), "num_train": num_train,
             "num_classes": num_classes, "rng": rng_state()}
 
 
-def restore_training_state(checkpoint, model, memory, key_encoder, optimizer):
+def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, scaler):
     """The inverse of ``training_state``; returns (completed epochs, best accuracy)."""
     model.load_state_dict(checkpoint["model"])
     memory.load_state_dict(checkpoint["memory"])
     if key_encoder is not None:
         key_encoder.load_state_dict(checkpoint["key_encoder"])
     optimizer.load_state_dict(checkpoint["optimizer"])
+    if checkpoint["scaler"]:
+        scaler.load_state_dict(checkpoint["scaler"])
     set_rng_state(checkpoint["rng"])
     return checkpoint["epoch"], checkpoint["best_acc"]

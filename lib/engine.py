@@ -4,19 +4,20 @@ import sys
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
-from datasets import SceneDataset, build_splits, eval_transform, make_synthetic, train_transform
+from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
 from lib.args import get_args_parser
 from lib.checkpoint import check_compatible, load_state, restore_training_state, save_checkpoint, training_state
+from lib.device import resolve_device, resolve_precision
 from lib.errors import InputError, one_line
 from lib.memory import KeyEncoder, Memory
 from lib.run import REPO, RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
 from lib.train import train_one_epoch, validate
-from lib.utils import epoch_seed, seed_everything, seed_worker
+from lib.utils import epoch_seed, seed_everything
 from models import EmbeddingNet, trunk_weights
 
+CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
 # The method's own kNN reference selects the best checkpoint (SPEC.md sections 5, 6).
 OWN_REFERENCE = {"mb": "bank", "mu": "extracted"}
 SCALARS = {"train/loss": "loss", "train/loss_snca": "loss_snca", "train/loss_ce": "loss_ce", "train/lr": "lr",
@@ -51,30 +52,49 @@ def resolve_data(args):
     return root
 
 
-def make_loaders(splits, args, device):
-    """Train loader (augmented, shuffled, last partial batch kept) and eval loaders (val, train)."""
+def cache_place(args, device, num_images):
+    """Where decoded images live: ``--cache``, with auto = the device when they fill under half its free memory."""
+    if args.cache != "auto":
+        return args.cache
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if num_images * 3 * args.image_size**2 < free * CACHE_DEVICE_SHARE:
+            return "device"
+    return "memory"
+
+
+def make_batches(splits, args, device):
+    """Train batches (shuffled per epoch by the returned generator, last partial batch kept) and eval
+    batches of the validation and training splits, all as uint8 images on ``device``."""
     if not splits["val"]:
         raise InputError("the validation split is empty: a class needs at least 4 images to give one")
-    common = {"batch_size": args.batch_size, "num_workers": args.num_workers, "pin_memory": device.type == "cuda",
-              "worker_init_fn": seed_worker}
     generator = torch.Generator()
-    train = DataLoader(SceneDataset(splits["train"], train_transform(args.image_size)), shuffle=True,
-                       drop_last=False, generator=generator, **common)
-    val = DataLoader(SceneDataset(splits["val"], eval_transform(args.image_size)), **common)
-    train_eval = DataLoader(SceneDataset(splits["train"], eval_transform(args.image_size)), **common)
-    return train, val, train_eval, generator
+    place = cache_place(args, device, len(splits["train"]) + len(splits["val"]))
+    if place == "none":
+        def batches(split, batch_size, **shuffle):
+            return DecodingBatches(splits[split], args.image_size, batch_size, device, args.num_workers, **shuffle)
+    else:
+        store = device if place == "device" else torch.device("cpu")
+        images = {split: decoded_images(splits[split], args.image_size, args.num_workers, args.cache_dir).to(store)
+                  for split in ("train", "val")}
+
+        def batches(split, batch_size, **shuffle):
+            return TensorBatches(images[split], [label for _, label in splits[split]], batch_size, device, **shuffle)
+    train = batches("train", args.batch_size, shuffle=True, generator=generator)
+    return train, batches("val", args.eval_batch_size), batches("train", args.eval_batch_size), generator
 
 
 def train(args):
     # ---------------- set-up: device, seeds, resumed state ----------------
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
+    precision = resolve_precision(device, args.amp)
     seed_everything(args.seed)
     checkpoint = load_state(args.resume) if args.resume else None
 
     # ---------------- data: the reference split of the folder dataset ----------------
     root = resolve_data(args)
     splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed)
-    train_loader, val_loader, train_eval_loader, generator = make_loaders(splits, args, device)
+    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, device)
     num_train, num_classes = len(splits["train"]), len(splits["classes"])
     if num_classes < 2:
         raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
@@ -83,14 +103,15 @@ def train(args):
     if checkpoint is not None:
         check_compatible(checkpoint, args, num_train, num_classes)
     weights = None if checkpoint else trunk_weights(args.model, args.pretrained, args.weights)
-    model = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device)
-    memory = Memory(train_loader.dataset.targets, args.dim).to(device)
+    model = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
+    memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device)
     key_encoder = KeyEncoder(model) if args.memory == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
     start_epoch, best_acc = 0, -1.0
     if checkpoint is not None:
-        start_epoch, best_acc = restore_training_state(checkpoint, model, memory, key_encoder, optimizer)
+        start_epoch, best_acc = restore_training_state(checkpoint, model, memory, key_encoder, optimizer,
+                                                        precision.scaler)
 
     # ---------------- run folder ----------------
     log = RunLog(run_folder(args), done_epochs=start_epoch)
@@ -109,9 +130,9 @@ def train(args):
         for group in optimizer.param_groups:
             group["lr"] = lr
         momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" else 0.0
-        losses = train_one_epoch(model, memory, key_encoder, train_loader, optimizer, device, args, momentum,
+        losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum, precision,
                                  desc=f"epoch {epoch + 1}/{args.epochs}")
-        accuracy = validate(model, memory, val_loader, train_eval_loader, device, args.knn_k)
+        accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
         knn_acc = accuracy[OWN_REFERENCE[args.memory]]
         is_best = knn_acc > best_acc
         best_acc = max(best_acc, knn_acc)
@@ -119,8 +140,8 @@ def train(args):
                    "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
                    "best_knn_acc": best_acc, "time_s": time.time() - start}
         log.log_epoch(metrics, SCALARS)
-        state = training_state(model, memory, key_encoder, optimizer, epoch + 1, best_acc, args, num_train,
-                               num_classes)
+        state = training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch + 1, best_acc, args,
+                               num_train, num_classes)
         save_checkpoint(os.path.join(log.checkpoints, "last.pt"), state)
         if is_best:
             save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
@@ -129,7 +150,7 @@ def train(args):
               f"[bank {100 * accuracy['bank']:.2f}%, extracted {100 * accuracy['extracted']:.2f}%]  "
               f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
     if start_epoch >= args.epochs:  # nothing left to train: report the current model
-        accuracy = validate(model, memory, val_loader, train_eval_loader, device, args.knn_k)
+        accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
         print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
               f"{100 * accuracy[OWN_REFERENCE[args.memory]]:.2f}%")
     log.close()

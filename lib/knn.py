@@ -16,16 +16,18 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
     reference_labels = reference_labels.to(queries.device)
     num_classes = int(reference_labels.max()) + 1
     k = min(k, len(references))
-    ref_sq = (references * references).sum(dim=1)                              # (N,)
+    ref_sq = (references * references).sum(dim=1)                                   # (N,)
     step = max(1, chunk_elements // len(references))
     predictions = []
     for query in queries.split(step):
-        d2 = (query * query).sum(1, keepdim=True) + ref_sq - 2 * query @ references.T  # (q, N)
-        d2, nearest = d2.clamp_min_(0).topk(k, dim=1, largest=False)          # (q, k)
-        distance = d2.double().sqrt()
-        exact = distance == 0                                                 # (q, k)
+        # |q - r|^2 = |q|^2 + |r|^2 - 2 q.r; |q|^2 does not change the ranking, so it is added to the k kept.
+        partial = torch.addmm(ref_sq, query, references.T, alpha=-2)                # (q, N)
+        partial, nearest = partial.topk(k, dim=1, largest=False)                    # (q, k)
+        d2 = partial.double() + (query * query).sum(1, keepdim=True).double()
+        distance = d2.clamp_min(0).sqrt()                                           # (q, k)
+        exact = distance == 0
         weight = torch.where(exact.any(1, keepdim=True), exact.double(), 1.0 / distance)
         votes = torch.zeros(len(query), num_classes, dtype=torch.float64, device=query.device)
-        votes.scatter_add_(1, reference_labels[nearest], weight)              # (q, C)
+        votes.scatter_add_(1, reference_labels[nearest], weight)                   # (q, C)
         predictions.append(votes.argmax(dim=1))
-    return torch.cat(predictions)                                             # (Q,)
+    return torch.cat(predictions)                                                  # (Q,)

@@ -11,20 +11,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lib.chunked_snca_loss import chunked_snca_loss
+from lib.snca_loss import snca_loss
+
+PLAIN_MAX_ELEMENTS = 2**24  # B x N logits up to 64 MB in float32 take the plain form; beyond, the chunked one
+
 
 class Memory(nn.Module):
-    """N x D memory, uniform in [-sqrt(3/D), sqrt(3/D)] at the start, with the label of every row."""
+    """N x D memory, uniform in [-sqrt(3/D), sqrt(3/D)] at the start, with the label of every row.
 
-    def __init__(self, labels, dim):
+    Stored in ``dtype`` (float16 / bfloat16 halve it for very large N); always read as float32.
+    """
+
+    def __init__(self, labels, dim, dtype=torch.float32):
         super().__init__()
         labels = torch.as_tensor(labels, dtype=torch.long)
         bound = math.sqrt(3.0 / dim)
-        self.register_buffer("memory", torch.rand(len(labels), dim) * 2 * bound - bound)  # (N, D)
-        self.register_buffer("labels", labels)                                         # (N,)
+        self.register_buffer("memory", (torch.rand(len(labels), dim) * 2 * bound - bound).to(dtype))  # (N, D)
+        self.register_buffer("labels", labels)                                                     # (N,)
 
-    def forward(self, features, temperature):
-        """Similarities of the batch to every row over the temperature: the logits of ``snca_loss``."""
-        return features @ self.memory.T / temperature                                   # (B, N)
+    def forward(self, features, indices, temperature, margin=0.0):
+        """L_SNCA of the batch against the memory as it is before the batch's update.
+
+        The plain B x N form (``snca_loss``) when it is small, the chunked form with the same value
+        and gradient beyond. Float32 throughout, also under autocast: exp(1/0.05) overflows float16.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            if len(features) * len(self.memory) <= PLAIN_MAX_ELEMENTS:
+                logits = features.float() @ self.memory.float().T / temperature                    # (B, N)
+                return snca_loss(logits, indices, self.labels, margin)
+            return chunked_snca_loss(features, self.memory, indices, self.labels, temperature, margin)
 
     @torch.no_grad()
     def update(self, indices, features, momentum):
@@ -33,9 +49,8 @@ class Memory(nn.Module):
         MB uses momentum 0.5 / 0.8 / 0.9 (``memory_momentum``); MU passes 0, which replaces the rows
         by the (already unit) key embeddings.
         """
-        features = features.detach().to(self.memory.dtype)                             # (B, D)
-        rows = self.memory[indices] * momentum + features * (1.0 - momentum)            # (B, D)
-        self.memory[indices] = F.normalize(rows, dim=1)
+        rows = self.memory[indices].float() * momentum + features.detach().float() * (1.0 - momentum)  # (B, D)
+        self.memory[indices] = F.normalize(rows, dim=1).to(self.memory.dtype)
 
 
 class KeyEncoder(nn.Module):

@@ -1,73 +1,81 @@
 """One training epoch and the validation kNN (Kang et al., TGRS 2020, Algorithm 1; SPEC.md sections 4-8).
 
 One loop serves both methods: MB writes the network's own embeddings into the memory with the
-scheduled momentum, MU the key encoder's embeddings with momentum 0 (replacement).
+scheduled momentum, MU the key encoder's embeddings with momentum 0 (replacement). Batches arrive
+as uint8 images on the device; augmentation and normalisation run there on the whole batch.
 """
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from datasets.augment import eval_preprocess, train_augment
 from lib.knn import knn_predict
-from lib.snca_loss import snca_loss
 
-PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar
+PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar (each waits for the device)
 
 
-def train_one_epoch(model, memory, key_encoder, loader, optimizer, device, args, memory_momentum, desc=""):
-    """Train over ``loader`` once; returns the mean of each loss term over the epoch's images."""
+def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory_momentum, precision, desc=""):
+    """Train over ``batches`` once; returns the mean of each loss term over the epoch's images.
+
+    ``precision`` holds the run's autocast context and gradient scaler (``lib.device``); the SNCA
+    loss and the memory stay float32 inside it.
+    """
+    autocast, scaler, memory_format = precision
     model.train()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss, loss_snca, loss_ce (sums)
-    seen = 0
-    progress = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    totals, seen = 0.0, 0  # (3,) sums of loss, loss_snca, loss_ce over images, on the device
+    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
     for step, (images, labels, indices) in enumerate(progress):
-        images, labels, indices = images.to(device), labels.to(device), indices.to(device)
-        embeddings, logits = model(images)                                         # (B, D), (B, C)
-        loss_snca = snca_loss(memory(embeddings, args.temperature), indices, memory.labels,
-                              margin=args.margin / args.temperature)
-        loss_ce = F.cross_entropy(logits, labels)
+        images = train_augment(images).contiguous(memory_format=memory_format)   # (B, 3, S, S)
+        with autocast:
+            embeddings, logits = model(images)                                          # (B, D), (B, C)
+            # MU: the key encoder encodes the batch with its weights before this step's update (MoCo's order).
+            writes = key_encoder(images)[0] if key_encoder is not None else embeddings   # (B, D)
+            loss_ce = F.cross_entropy(logits, labels)
+        loss_snca = memory(embeddings, indices, args.temperature, args.margin / args.temperature)
         loss = args.lambda_ * loss_snca + loss_ce
-        # MU: the key encoder encodes the batch with its weights before this step's update (MoCo's order).
-        writes = key_encoder(images)[0] if key_encoder is not None else embeddings  # (B, D)
 
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         if key_encoder is not None:
             key_encoder.update(model, args.ema_momentum)
         memory.update(indices, writes, memory_momentum)     # the next batch sees the updated memory
 
-        totals += torch.stack([loss, loss_snca, loss_ce]).detach().double() * len(images)
+        totals = totals + torch.stack([loss, loss_snca, loss_ce]).detach().double() * len(images)
         seen += len(images)
-        if step % PROGRESS_EVERY == 0:  # .item() waits for the device: not on every step
+        if step % PROGRESS_EVERY == 0:
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     loss, loss_snca, loss_ce = (totals / max(seen, 1)).tolist()
     return {"loss": loss, "loss_snca": loss_snca, "loss_ce": loss_ce}
 
 
 @torch.inference_mode()
-def extract_embeddings(model, loader, device):
-    """Embeddings (N, D) and labels (N,) of a loader's images, in order, on ``device``."""
+def extract_embeddings(model, batches, precision):
+    """Float32 embeddings (N, D) and labels (N,) of the batches' images, in order, on the device."""
+    autocast, _, memory_format = precision
     model.eval()
     embeddings, labels = [], []
-    for images, target, _ in loader:
-        embeddings.append(model(images.to(device))[0])
-        labels.append(target.to(device))
+    for images, target, _ in batches:
+        with autocast:
+            embeddings.append(model(eval_preprocess(images).contiguous(memory_format=memory_format))[0].float())
+        labels.append(target)
     return torch.cat(embeddings), torch.cat(labels)
 
 
 def knn_accuracy(queries, query_labels, references, reference_labels, k):
-    predicted = knn_predict(queries, references, reference_labels, k=k)
+    predicted = knn_predict(queries, references.float(), reference_labels, k=k)
     return (predicted == query_labels).double().mean().item()
 
 
-def validate(model, memory, val_loader, train_eval_loader, device, k):
+def validate(model, memory, val_batches, train_batches, k, precision):
     """Validation kNN accuracy with two references for the training set.
 
     ``bank``: the memory rows (the reference of MB); ``extracted``: training embeddings re-extracted
-    with the current network and the eval transform (the reference of MU).
+    with the current network and the eval preprocessing (the reference of MU).
     """
-    queries, query_labels = extract_embeddings(model, val_loader, device)
-    references, reference_labels = extract_embeddings(model, train_eval_loader, device)
+    queries, query_labels = extract_embeddings(model, val_batches, precision)
+    references, reference_labels = extract_embeddings(model, train_batches, precision)
     return {
         "bank": knn_accuracy(queries, query_labels, memory.memory, memory.labels, k),
         "extracted": knn_accuracy(queries, query_labels, references, reference_labels, k),

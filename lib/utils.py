@@ -1,7 +1,8 @@
 """Seeds and random-number-generator state.
 
-Every epoch reseeds python, numpy, torch and the loader from (``--seed``, epoch), so that an epoch's
-random draws (shuffle order, augmentations, worker seeds) do not depend on what ran before it.
+Every epoch reseeds python, numpy, torch and the shuffle from (``--seed``, epoch), so that an epoch's
+random draws (shuffle order, augmentations) do not depend on what ran before it. Loader workers only
+decode images, which draws nothing at random.
 """
 import random
 
@@ -18,13 +19,6 @@ def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def seed_worker(worker_id):
-    """DataLoader ``worker_init_fn``: python and numpy follow the worker's torch seed."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
 
 
 def rng_state():

@@ -144,3 +144,15 @@ def test_unreadable_image_is_named(tmp_path, workers):
                "--pretrained", "none", "--num_workers", workers, "--epochs", "1", "--out", str(tmp_path / "runs"),
                cwd=tmp_path)
     one_line_error(done, "cannot read image", os.path.basename(bad))
+
+
+def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):
+    """``--cache none`` (decoded per epoch by workers) and ``--cache memory`` give the same run on CPU."""
+    out = str(tmp_path / "runs")
+    for cache, workers in (("memory", "0"), ("none", "2")):
+        done = run("mu", *small_run("mu", image_tree, out, "--cache", cache, "--num_workers", workers,
+                                    run_name=cache), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
+    a, b = metrics(os.path.join(out, "memory")), metrics(os.path.join(out, "none"))
+    assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]

@@ -58,7 +58,7 @@ def test_mu_loss_equals_reference():
     memory, z = fixture_memory("mu_memory_before")
     temperature = float(z["temperature"])
     features = torch.tensor(z["features"], requires_grad=True)
-    loss = snca_loss(memory(features, temperature), torch.tensor(z["indices"]), memory.labels)
+    loss = memory(features, torch.tensor(z["indices"]), temperature)
     loss.backward()
     assert loss.item() == pytest.approx(float(z["mu_loss"]), rel=1e-5)
     assert np.abs(features.grad.numpy() - z["mu_grad_features"]).max() <= 1e-4 * np.abs(z["mu_grad_features"]).max()
@@ -67,7 +67,7 @@ def test_mu_loss_equals_reference():
 def test_no_gradient_reaches_the_memory():
     memory = Memory(torch.arange(20) % 4, 8)
     features = F.normalize(torch.randn(5, 8), dim=1).requires_grad_(True)
-    snca_loss(memory(features, 0.05), torch.arange(5), memory.labels).backward()
+    memory(features, torch.arange(5), 0.05).backward()
     assert features.grad is not None and memory.memory.grad is None
     assert not any(True for _ in memory.parameters())
 
@@ -110,3 +110,46 @@ def test_step_lr_equals_torch_steplr():
         assert step_lr(epoch, 0.1, 30, 0.5) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
         optimizer.step()
         scheduler.step()
+
+
+def test_forward_switches_to_the_chunked_form_with_the_same_value_and_gradient(monkeypatch):
+    import lib.memory
+
+    g = torch.Generator().manual_seed(1)
+    memory = Memory(torch.randint(0, 4, (300,), generator=g), 16)
+    features = F.normalize(torch.randn(12, 16, generator=g), dim=1)
+    indices = torch.randperm(300, generator=g)[:12]
+    results = []
+    for limit in (10**9, 0):  # plain, then chunked
+        monkeypatch.setattr(lib.memory, "PLAIN_MAX_ELEMENTS", limit)
+        x = features.clone().requires_grad_(True)
+        loss = memory(x, indices, 0.05, margin=2.0)
+        loss.backward()
+        results.append((loss.detach(), x.grad))
+    want = snca_loss(features @ memory.memory.T / 0.05, indices, memory.labels, margin=2.0)
+    torch.testing.assert_close(results[0][0], want)
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
+def test_loss_stays_float32_under_autocast():
+    memory = Memory(torch.arange(200) % 5, 16)
+    memory.update(torch.arange(200), F.normalize(torch.randn(200, 16), dim=1), momentum=0.0)
+    features = F.normalize(torch.randn(8, 16), dim=1)
+    want = memory(features, torch.arange(8), 0.05)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = memory(features, torch.arange(8), 0.05)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)  # bf16 similarities would be off by ~0.08 in logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_storage_memory_updates_in_float32_and_stores_rounded_rows(dtype):
+    memory = Memory(torch.arange(30) % 3, 8, dtype=dtype)
+    assert memory.memory.dtype == dtype
+    before = memory.memory.float().clone()
+    features = F.normalize(torch.randn(4, 8), dim=1)
+    indices = torch.tensor([1, 5, 7, 20])
+    memory.update(indices, features, momentum=0.5)
+    want = F.normalize(before[indices] * 0.5 + features * 0.5, dim=1).to(dtype)
+    assert torch.equal(memory.memory[indices], want)

@@ -1,0 +1,272 @@
+"""Benchmarks: our code against the reference approach (benchmarks/reference.py), side by side in one run.
+
+    python benchmarks/run.py                 # CPU benchmarks on ../shared/data/RSSCN7 (or --data DIR)
+    python benchmarks/run.py --quick         # smaller sizes, a minute or two
+    python benchmarks/run.py --gpu           # the GPU benchmarks (benchmarks/gpu.sh runs this)
+
+Prints a Markdown table and appends it, with the machine and the command, to benchmarks/RESULTS.md.
+Every figure is wall-clock on this machine: compare ratios within one run only.
+"""
+import argparse
+import itertools
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the repository root
+
+import reference  # noqa: E402
+
+from datasets import TensorBatches, build_splits, decoded_images  # noqa: E402
+from datasets.augment import apply_params, draw_params, to_float, train_augment  # noqa: E402
+from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
+from lib.args import get_args_parser  # noqa: E402
+from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
+from lib.device import resolve_precision  # noqa: E402
+from lib.train import train_one_epoch, validate  # noqa: E402
+from models import EmbeddingNet  # noqa: E402
+
+NWPU_TRAIN, NWPU_VAL, NWPU_CLASSES = 22005, 3195, 45
+ROWS = []
+
+
+def row(name, ours, ref=None, unit="", better="higher", note=""):
+    ratio = "" if not ref or not ours else f"{(ours / ref if better == 'higher' else ref / ours):.2f}x"
+    ROWS.append((name, f"{ours:,.3g} {unit}".strip(), "" if ref is None else f"{ref:,.3g} {unit}".strip(), ratio,
+                 note))
+    print(f"{name}: ours {ours:,.4g} {unit}" + ("" if ref is None else f", reference {ref:,.4g} ({ratio})")
+          + (f"  [{note}]" if note else ""), flush=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+CPU = torch.device("cpu")
+
+
+def timed(fn, device=CPU, repeats=1):
+    """Best wall-clock seconds of ``repeats`` calls, and the last result."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+# ---------------- data pipeline: decode and augment ----------------
+def bench_data(samples, size, workers):
+    ref_s, _ = timed(lambda: sum(len(x) for x, _, _ in reference.loader(samples, reference.train_transform(size),
+                                                                          64, workers, shuffle=True)))
+    decode_s, images = timed(lambda: decoded_images(samples, size, workers))
+    batches = TensorBatches(images, [label for _, label in samples], 256, torch.device("cpu"), shuffle=True)
+    augment_s, _ = timed(lambda: [train_augment(x) for x, _, _ in batches])
+    n = len(samples)
+    row(f"data, {size} px, {workers} workers: every epoch after the first (images/s)", n / augment_s, n / ref_s,
+        note="decoded once, batched augmentation")
+    row(f"data, {size} px, {workers} workers: first epoch, decode + augment (images/s)", n / (decode_s + augment_s),
+        n / ref_s)
+
+
+# ---------------- kNN at NWPU size ----------------
+def bench_knn(device):
+    g = torch.Generator().manual_seed(0)
+    refs = torch.nn.functional.normalize(torch.randn(NWPU_TRAIN, 128, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(NWPU_VAL, 128, generator=g), dim=1)
+    labels = torch.arange(NWPU_TRAIN) % NWPU_CLASSES
+    ours_s, ours = timed(lambda: knn_predict(queries.to(device), refs.to(device), labels.to(device)), device, 3)
+    if device.type == "cuda":
+        row("kNN K=10, 3,195 x 22,005 on the GPU (ms)", 1000 * ours_s, unit="ms", better="lower")
+        return
+    ref_s, ref = timed(lambda: reference.sklearn_knn(queries, refs, labels), repeats=3)
+    same = float((ours.cpu().numpy() == ref).mean())
+    row("kNN K=10, 3,195 x 22,005 (s)", ours_s, ref_s, "s", "lower", note=f"identical predictions: {same:.4f}")
+
+
+# ---------------- SNCA loss at large N: one subprocess per variant, for its peak memory ----------------
+def memory_kb(field):
+    """A field of /proc/self/status in kB: VmRSS (resident now), VmHWM (peak since the last reset)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def loss_worker(variant, n, batch=256, dim=128, temperature=0.05):
+    g = torch.Generator().manual_seed(0)
+    features = torch.nn.functional.normalize(torch.randn(batch, dim, generator=g), dim=1).requires_grad_(True)
+    memory = torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1)
+    labels, indices = torch.arange(n) % 45, torch.randperm(n, generator=g)[:batch]
+    before = memory_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current resident size
+        f.write("5")
+    start = time.perf_counter()
+    if variant == "reference":
+        loss = reference.reference_snca_loss(features @ memory.T / temperature, indices, labels)
+    else:
+        loss = chunked_snca_loss(features, memory, indices, labels, temperature)
+    loss.backward()
+    seconds = time.perf_counter() - start
+    extra_mb = (memory_kb("VmHWM") - before) / 1024
+    print(json.dumps({"seconds": seconds, "extra_mb": extra_mb, "loss": loss.item()}))
+
+
+def bench_loss(n):
+    out = {}
+    for variant in ("chunked", "reference"):
+        done = subprocess.run([sys.executable, __file__, "--loss-worker", variant, "--n", str(n)], capture_output=True,
+                              text=True, check=True)
+        out[variant] = json.loads(done.stdout.splitlines()[-1])
+    ours, ref = out["chunked"], out["reference"]
+    same = abs(ours["loss"] - ref["loss"]) / abs(ref["loss"])
+    row(f"SNCA loss fwd+bwd, N = {n:,}, B = 256, D = 128 (s)", ours["seconds"], ref["seconds"], "s", "lower",
+        note=f"relative difference of the values {same:.1e}")
+    row(f"SNCA loss fwd+bwd, N = {n:,}: peak extra memory (MB)", ours["extra_mb"], ref["extra_mb"], "MB", "lower")
+
+
+# ---------------- one training epoch, ours against the reference-style loop ----------------
+def bench_epoch(splits, size, workers, memory_kind, epochs=2):
+    args = get_args_parser(memory_kind).parse_args(["--image-size", str(size)])
+    device = torch.device("cpu")
+    train, val = splits["train"], splits["val"]
+    labels = torch.tensor([label for _, label in train])
+    times = {}
+    for variant in ("ours", "reference"):
+        torch.manual_seed(0)
+        model = EmbeddingNet("resnet18", args.dim, len(splits["classes"]))
+        key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        memory = Memory(labels, args.dim)
+        if variant == "ours":
+            precision = resolve_precision(device, "none")
+            train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
+            batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
+            val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
+            eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
+
+            def epoch():
+                train_one_epoch(model, memory, key_encoder, batches, optimizer, args, 0.5, precision)
+                return validate(model, memory, val_batches, eval_batches, 10, precision)
+        else:
+            loaders = (reference.loader(train, reference.train_transform(size), args.batch_size, workers, True),
+                       reference.loader(val, reference.eval_transform(size), args.batch_size, workers),
+                       reference.loader(train, reference.eval_transform(size), args.batch_size, workers))
+
+            def epoch():
+                return reference.reference_epoch(model, memory.memory, labels, key_encoder and key_encoder.encoder,
+                                                 *loaders, optimizer)
+        times[variant] = min(timed(epoch)[0] for _ in range(epochs))
+    row(f"training epoch + validation, {memory_kind.upper()}, ResNet-18, {size} px, batch 256 (s)", times["ours"],
+        times["reference"], "s", "lower", note=f"{len(train)} training images, best of {epochs} epochs")
+
+
+# ---------------- GPU only ----------------
+def bench_gpu(device, steps=30):
+    batch = 256
+    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
+    seconds, _ = timed(lambda: [train_augment(images) for _ in range(steps)], device, 2)
+    params = draw_params(16, CPU, torch.Generator().manual_seed(0))
+    on_cpu = apply_params(to_float(images[:16].cpu()), params)
+    on_gpu = apply_params(to_float(images[:16]), {name: value.to(device) for name, value in params.items()})
+    difference = (on_gpu.cpu() - on_cpu).abs().max().item()
+    row("batched augmentation on the GPU, 256 px (images/s)", steps * batch / seconds,
+        note=f"same parameters: GPU = CPU to {difference:.1e}")
+    bench_knn(device)
+    store = torch.randint(0, 256, (NWPU_TRAIN + NWPU_VAL, 3, 256, 256), dtype=torch.uint8, device=device)
+    labels = torch.arange(NWPU_TRAIN + NWPU_VAL, device=device) % NWPU_CLASSES
+    for arch, memory_kind in itertools.product(("resnet18", "resnet50"), ("mb", "mu")):
+        args = get_args_parser(memory_kind).parse_args([])
+        precision = resolve_precision(device, "bf16")
+        model = EmbeddingNet(arch, args.dim, NWPU_CLASSES).to(device, memory_format=precision.memory_format)
+        key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        memory = Memory(labels[:NWPU_TRAIN], args.dim).to(device)
+        train = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), batch, device, shuffle=True)
+        head = list(itertools.islice(train, 3 + steps))
+        train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, precision)
+        seconds, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
+                                                    precision), device)
+        row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
+            "(images/s)", steps * batch / seconds)
+        if arch == "resnet18":
+            val = TensorBatches(store[NWPU_TRAIN:], labels[NWPU_TRAIN:].cpu(), 512, device)
+            train_eval = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), 512, device)
+
+            def epoch():
+                train_one_epoch(model, memory, key_encoder, train, optimizer, args, 0.5, precision)
+                return validate(model, memory, val, train_eval, 10, precision)
+            seconds, _ = timed(epoch, device)
+            row(f"NWPU-sized epoch (22,005 + 3,195 generated images), {arch} {memory_kind.upper()}, validation "
+                "included (s)", seconds, unit="s", better="lower")
+
+
+def bench_reference_loader(samples, size, workers):
+    seconds, count = timed(lambda: sum(len(x) for x, _, _ in reference.loader(samples, reference.train_transform(
+        size), 256, workers, shuffle=True)))
+    row(f"reference PIL pipeline, {size} px, {workers} workers (images/s)", count / seconds,
+        note=f"{count} RSSCN7 images")
+
+
+def machine(device):
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def write_results(device, title):
+    lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')} — {title}\n", f"Machine: {machine(device)}.  ",
+             f"Command: `{shlex.join(['python', *sys.argv])}`\n", "| benchmark | ours | reference | speed-up | note |",
+             "| --- | --- | --- | --- | --- |", *[f"| {' | '.join(r)} |" for r in ROWS]]
+    with open(os.path.join(HERE, "RESULTS.md"), "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Benchmarks against the reference approach.")
+    parser.add_argument("--quick", action="store_true", help="smaller problems")
+    parser.add_argument("--gpu", action="store_true", help="the GPU benchmarks")
+    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data"))
+    parser.add_argument("--dataset", default="RSSCN7")
+    parser.add_argument("--imgEXT", default="jpg")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.loss_worker:
+        return loss_worker(args.loss_worker, args.n)
+    root = os.path.join(args.data, args.dataset)
+    splits = build_splits(root, args.imgEXT) if os.path.isdir(root) else None
+    if args.gpu:
+        device = torch.device("cuda")
+        if splits:
+            bench_reference_loader(splits["train"], 256, args.workers)
+        bench_gpu(device)
+        return write_results(device, "GPU benchmarks")
+    device = torch.device("cpu")
+    if splits is None:
+        sys.exit(f"error: no dataset at {root} (give --data and --dataset)")
+    if args.quick:
+        splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
+    bench_data(splits["train"], 256, args.workers)
+    bench_knn(device)
+    bench_loss(100_000 if args.quick else 1_000_000)
+    for memory_kind in ("mb", "mu"):
+        bench_epoch(splits, 64, args.workers, memory_kind)
+    write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=4)
+    main()
