@@ -66,9 +66,9 @@ def sklearn_knn(queries, references, labels, k=10):
     return classifier.predict(np.asarray(queries))
 
 
-def reference_epoch(model, memory, labels, key_encoder, train_loader, val_loader, train_eval_loader, optimizer,
-                    temperature=0.05, momentum=0.5, ema=0.999):
-    """One epoch the reference's way (MB, or MU with ``key_encoder``), then its validation kNN."""
+def reference_train_epoch(model, memory, labels, key_encoder, train_loader, optimizer, temperature=0.05,
+                          momentum=0.5, ema=0.999):
+    """One training epoch the reference's way: MB, or MU with ``key_encoder``."""
     model.train()
     for images, target, index in train_loader:
         embedding, logits = model(images)
@@ -86,10 +86,15 @@ def reference_epoch(model, memory, labels, key_encoder, train_loader, val_loader
                 key_encoder.train()
                 rows = key_encoder(images)[0]
             memory[index] = F.normalize(rows, dim=1)
+
+
+def reference_validate(model, memory, labels, val_loader, train_eval_loader=None):
+    """The reference's validation: kNN of the validation embeddings against the memory bank (MB) or against
+    re-extracted training embeddings (MU, ``train_eval_loader``), with scikit-learn."""
     model.eval()
     with torch.no_grad():
         val = [(model(x)[0], y) for x, y, _ in val_loader]
-        reference = [(model(x)[0], y) for x, y, _ in train_eval_loader] if key_encoder is not None else None
+        reference = [(model(x)[0], y) for x, y, _ in train_eval_loader] if train_eval_loader else None
     queries, query_labels = torch.cat([v for v, _ in val]), torch.cat([y for _, y in val])
     refs, ref_labels = (memory, labels) if reference is None else (torch.cat([r for r, _ in reference]),
                                                                     torch.cat([y for _, y in reference]))

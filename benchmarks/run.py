@@ -136,38 +136,54 @@ def bench_loss(n):
 
 # ---------------- one training epoch, ours against the reference-style loop ----------------
 def bench_epoch(splits, size, workers, memory_kind, epochs=2):
+    """A training epoch, and the validation after it, timed apart: ours does more validation work for MB
+    (it logs the kNN against re-extracted training embeddings besides the bank's)."""
     args = get_args_parser(memory_kind).parse_args(["--image-size", str(size)])
     device = torch.device("cpu")
     train, val = splits["train"], splits["val"]
     labels = torch.tensor([label for _, label in train])
     times = {}
-    for variant in ("ours", "reference"):
+    for variant in ("ours", "ours-bf16", "reference"):
         torch.manual_seed(0)
+        precision = resolve_precision(device, "bf16" if variant == "ours-bf16" else "none")
         model = EmbeddingNet("resnet18", args.dim, len(splits["classes"]))
+        if variant.startswith("ours"):
+            model.to(memory_format=precision.memory_format)
         key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
         memory = Memory(labels, args.dim)
-        if variant == "ours":
-            precision = resolve_precision(device, "none")
+        if variant.startswith("ours"):
             train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
             batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
             val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
             eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
 
-            def epoch():
+            def train_epoch():
                 train_one_epoch(model, memory, key_encoder, batches, optimizer, args, 0.5, precision)
+
+            def validation():
                 return validate(model, memory, val_batches, eval_batches, 10, precision)
         else:
-            loaders = (reference.loader(train, reference.train_transform(size), args.batch_size, workers, True),
-                       reference.loader(val, reference.eval_transform(size), args.batch_size, workers),
-                       reference.loader(train, reference.eval_transform(size), args.batch_size, workers))
+            train_loader = reference.loader(train, reference.train_transform(size), args.batch_size, workers, True)
+            val_loader = reference.loader(val, reference.eval_transform(size), args.batch_size, workers)
+            eval_loader = (reference.loader(train, reference.eval_transform(size), args.batch_size, workers)
+                           if memory_kind == "mu" else None)
+            encoder = key_encoder.encoder if key_encoder is not None else None
 
-            def epoch():
-                return reference.reference_epoch(model, memory.memory, labels, key_encoder and key_encoder.encoder,
-                                                 *loaders, optimizer)
-        times[variant] = min(timed(epoch)[0] for _ in range(epochs))
-    row(f"training epoch + validation, {memory_kind.upper()}, ResNet-18, {size} px, batch 256 (s)", times["ours"],
-        times["reference"], "s", "lower", note=f"{len(train)} training images, best of {epochs} epochs")
+            def train_epoch():
+                reference.reference_train_epoch(model, memory.memory, labels, encoder, train_loader, optimizer)
+
+            def validation():
+                return reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader)
+        runs = [(timed(train_epoch)[0], timed(validation)[0]) for _ in range(epochs)]
+        times[variant] = min(t for t, _ in runs), min(v for _, v in runs)
+    name = f"{memory_kind.upper()}, ResNet-18, {size} px, batch 256"
+    row(f"training epoch, {name} (s)", times["ours"][0], times["reference"][0], "s", "lower",
+        note=f"{len(train)} training images, best of {epochs}")
+    row(f"validation after it, {name} (s)", times["ours"][1], times["reference"][1], "s", "lower",
+        note="ours: bank and re-extracted references" if memory_kind == "mb" else "re-extracted references")
+    row(f"training epoch, {name}, ours with --amp bf16 (s)", times["ours-bf16"][0], times["reference"][0], "s",
+        "lower", note="not the reference's float32 numerics; this CPU has AMX-BF16")
 
 
 # ---------------- GPU only ----------------
@@ -182,6 +198,20 @@ def bench_gpu(device, steps=30):
     row("batched augmentation on the GPU, 256 px (images/s)", steps * batch / seconds,
         note=f"same parameters: GPU = CPU to {difference:.1e}")
     bench_knn(device)
+    refs, queries = torch.randn(1_000_000, 128, device=device), torch.randn(10_000, 128, device=device)
+    ref_labels = torch.arange(1_000_000, device=device) % 45
+    peak_mb, seconds = gpu_peak(device, lambda: knn_predict(queries, refs, ref_labels))
+    row("kNN K=10, 10,000 queries x 1,000,000 references on the GPU: peak extra memory (MB)", peak_mb, unit="MB",
+        better="lower", note=f"{seconds:.2f} s")
+    features = torch.nn.functional.normalize(torch.randn(256, 128, device=device), dim=1).requires_grad_(True)
+    bank = torch.nn.functional.normalize(torch.randn(1_000_000, 128, device=device), dim=1)
+    bank_labels, indices = torch.arange(1_000_000, device=device) % 45, torch.randperm(1_000_000, device=device)[:256]
+    ours = gpu_peak(device, lambda: chunked_snca_loss(features, bank, indices, bank_labels, 0.05).backward())
+    ref = gpu_peak(device, lambda: reference.reference_snca_loss(features @ bank.T / 0.05, indices, bank_labels)
+                   .backward())
+    row("SNCA loss fwd+bwd, N = 1,000,000, B = 256 on the GPU (ms)", 1000 * ours[1], 1000 * ref[1], "ms", "lower")
+    row("SNCA loss fwd+bwd, N = 1,000,000, B = 256 on the GPU: peak extra memory (MB)", ours[0], ref[0], "MB",
+        "lower")
     store = torch.randint(0, 256, (NWPU_TRAIN + NWPU_VAL, 3, 256, 256), dtype=torch.uint8, device=device)
     labels = torch.arange(NWPU_TRAIN + NWPU_VAL, device=device) % NWPU_CLASSES
     for arch, memory_kind in itertools.product(("resnet18", "resnet50"), ("mb", "mu")):
@@ -210,11 +240,25 @@ def bench_gpu(device, steps=30):
                 "included (s)", seconds, unit="s", better="lower")
 
 
-def bench_reference_loader(samples, size, workers):
-    seconds, count = timed(lambda: sum(len(x) for x, _, _ in reference.loader(samples, reference.train_transform(
-        size), 256, workers, shuffle=True)))
+def gpu_peak(device, fn):
+    """(peak extra GPU memory in MB, seconds) of ``fn()`` after one warm-up call."""
+    fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    seconds, _ = timed(fn, device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20, seconds
+
+
+def bench_reference_loader(samples, size, workers, passes=3):
+    """The reference PIL pipeline's throughput once its workers run (the first pass, which starts them, is not
+    timed)."""
+    loader = torch.utils.data.DataLoader(reference.PILDataset(samples, reference.train_transform(size)),
+                                         batch_size=64, shuffle=True, num_workers=workers, persistent_workers=True)
+    sum(len(x) for x, _, _ in loader)
+    seconds, count = timed(lambda: sum(len(x) for _ in range(passes) for x, _, _ in loader))
     row(f"reference PIL pipeline, {size} px, {workers} workers (images/s)", count / seconds,
-        note=f"{count} RSSCN7 images")
+        note=f"{len(samples)} RSSCN7 images x {passes} passes, workers started")
 
 
 def machine(device):

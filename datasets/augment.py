@@ -18,7 +18,7 @@ GRAYSCALE_P = 0.2  # RandomGrayscale(p)
 JITTER = 0.4  # ColorJitter: brightness, contrast, saturation factors in [0.6, 1.4], hue shift in [-0.4, 0.4]
 FLIP_P = 0.5  # RandomHorizontalFlip(p)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's fn_idx numbering: 0, 1, 2, 3
-CPU_CHUNK_ELEMENTS = 2**22  # floats per CPU sub-batch in train_augment (16 MB)
+CPU_CHUNK_ELEMENTS = 2**20  # floats per CPU sub-batch in train_augment (4 MB: stays in cache)
 
 
 def to_float(images_uint8):
@@ -139,7 +139,7 @@ def apply_params(images, params):
 def train_augment(images_uint8, generator=None):
     """The reference training transform (after the resize) on a uint8 (B,3,H,W) batch -> float32 (B,3,H,W).
 
-    On the CPU the ops run on sub-batches of about 16 MB, which stay in cache (at 256 px this is over
+    On the CPU the ops run on sub-batches of about 4 MB, which stay in cache (at 256 px this is over
     ten times faster than whole-batch passes through memory); the parameters are drawn for the whole
     batch first, so the result does not depend on the sub-batch size.
     """
