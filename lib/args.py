@@ -77,5 +77,6 @@ def get_args_parser(memory="mb"):
     run.add_argument("--out", default="runs", help="folder of run folders")
     run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
     run.add_argument("--resume", default="", metavar="PATH",
-                     help="checkpoint to continue from, e.g. RUN/checkpoints/last.pt (its run folder is reused)")
+                     help="continue a run in its folder: a checkpoint file, a run folder (its last.pt), or 'auto' "
+                     "(the newest last.pt under --out, or of --run-name)")
     return parser

@@ -1,4 +1,5 @@
 """Checkpoints: state dicts and plain values only, written atomically, loaded with ``weights_only=True``."""
+import glob
 import os
 import pickle
 
@@ -17,10 +18,15 @@ def save_checkpoint(path, state):
     A crash at any moment leaves either the old or the new checkpoint, never a torn one.
     """
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:  # a full disk, an interrupt: the old checkpoint stays, the torn copy goes
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
@@ -29,13 +35,27 @@ def save_checkpoint(path, state):
         os.close(folder)
 
 
+def resolve_resume(resume, out, run_name=None):
+    """The checkpoint file meant by ``--resume``: a file, a run folder (its ``checkpoints/last.pt``), or
+    ``auto``, the newest ``last.pt`` of ``<out>/<run-name>`` (of any run under ``out`` without a name)."""
+    if resume == "auto":
+        pattern = os.path.join(out, glob.escape(run_name) if run_name else "*", "checkpoints", "last.pt")
+        found = glob.glob(pattern)
+        if not found:
+            raise InputError(f"--resume auto: no checkpoint matches {pattern}")
+        return max(found, key=os.path.getmtime)
+    if os.path.isdir(resume):
+        return os.path.join(resume, "checkpoints", "last.pt")
+    return resume
+
+
 def load_state(path, flag="--resume", map_location="cpu"):
     """``torch.load(path, weights_only=True)``; any failure is one line naming ``flag`` and the file."""
     if not os.path.isfile(path):
         raise InputError(f"{flag} {path}: no such file")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         reason = str(error).splitlines()[0]
         if "Weights only load failed" in reason:
             reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"

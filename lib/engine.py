@@ -7,7 +7,14 @@ import torch
 
 from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
 from lib.args import get_args_parser
-from lib.checkpoint import check_compatible, load_state, restore_training_state, save_checkpoint, training_state
+from lib.checkpoint import (
+    check_compatible,
+    load_state,
+    resolve_resume,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+)
 from lib.device import resolve_device, resolve_precision
 from lib.errors import InputError, one_line
 from lib.memory import KeyEncoder, Memory
@@ -89,6 +96,8 @@ def train(args):
     device = resolve_device(args.device)
     precision = resolve_precision(device, args.amp)
     seed_everything(args.seed)
+    if args.resume:
+        args.resume = resolve_resume(args.resume, args.out, args.run_name)
     checkpoint = load_state(args.resume) if args.resume else None
 
     # ---------------- data: the reference split of the folder dataset ----------------
