@@ -5,11 +5,17 @@ in the same order for the same generator state, so ``--cache none`` trains exact
 augmentation and normalisation then run on the whole batch there (``datasets.augment``).
 """
 import math
+import signal
 
 import torch
 from torch.utils.data import DataLoader
 
 from datasets.folder import SceneDataset
+
+
+def ignore_interrupts(worker_id):
+    """Workers leave Ctrl-C to the main process, which finishes its step and saves (``lib.interrupt``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Batches:
@@ -23,10 +29,14 @@ class Batches:
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def batch_indices(self):
+    def batch_indices(self, start=0):
+        """The pass's batches of dataset indices, from batch ``start`` on (a run resumed mid-epoch)."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        return order.split(self.batch_size)
+        return order.split(self.batch_size)[start:]
+
+    def __iter__(self):
+        return self.iterate()
 
 
 class TensorBatches(Batches):
@@ -36,9 +46,9 @@ class TensorBatches(Batches):
         super().__init__(labels, batch_size, device, shuffle, generator)
         self.images = images                                                     # (N, 3, S, S) uint8
 
-    def __iter__(self):
+    def iterate(self, start=0):
         pin = self.device.type == "cuda" and self.images.device.type == "cpu"
-        for indices in self.batch_indices():                                     # (B,)
+        for indices in self.batch_indices(start):                                # (B,)
             images = self.images[indices.to(self.images.device)]                 # (B, 3, S, S)
             if pin:
                 images = images.pin_memory()
@@ -54,10 +64,10 @@ class DecodingBatches(Batches):
         super().__init__(self.dataset.targets, batch_size, device, shuffle, generator)
         self.num_workers = num_workers
 
-    def __iter__(self):
+    def iterate(self, start=0):
         # The loader's own generator keeps it from drawing on the global RNG that augmentation uses.
-        loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in self.batch_indices()],
+        loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in self.batch_indices(start)],
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator())
+                            generator=torch.Generator(), worker_init_fn=ignore_interrupts)
         for images, labels, indices in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device), indices.to(self.device)

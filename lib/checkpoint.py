@@ -6,7 +6,7 @@ import pickle
 import torch
 
 from lib.errors import InputError
-from lib.utils import rng_state, set_rng_state
+from lib.utils import rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
 MUST_MATCH = ("memory", "model", "dim", "dataset", "image_size")
@@ -71,17 +71,25 @@ def check_compatible(checkpoint, args, num_train, num_classes):
             raise InputError(f"--resume: the checkpoint has {key}={saved.get(key)!r}, this run {key}={ours.get(key)!r}")
 
 
-def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_acc, args, num_train, num_classes):
-    """Everything a run needs to continue after ``epoch`` completed epochs, as state dicts and plain values."""
+def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_acc, args, num_train, num_classes,
+                   position=None):
+    """Everything a run needs to continue after ``epoch`` completed epochs (and, for a run stopped inside
+    the next one, ``position`` = (steps done, loss sums, images seen)), as state dicts and plain values."""
+    step, totals, seen = position or (0, None, 0)
     return {"model": model.state_dict(), "memory": memory.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
-            "epoch": epoch, "best_acc": best_acc, "args": vars(args), "num_train": num_train,
-            "num_classes": num_classes, "rng": rng_state()}
+            "epoch": epoch, "step": step, "loss_sums": None if totals is None else totals.cpu(), "seen": seen,
+            "best_acc": best_acc, "args": vars(args), "num_train": num_train, "num_classes": num_classes,
+            "rng": rng_state()}
 
 
-def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, scaler):
-    """The inverse of ``training_state``; returns (completed epochs, best accuracy)."""
+def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, scaler, device):
+    """The inverse of ``training_state``: returns (completed epochs, best accuracy, position or None).
+
+    The random generators are not set here: a run reseeds them every epoch, and one resumed inside an
+    epoch sets ``checkpoint["rng"]`` after that epoch's seeding (``lib.utils.set_rng_state``).
+    """
     model.load_state_dict(checkpoint["model"])
     memory.load_state_dict(checkpoint["memory"])
     if key_encoder is not None:
@@ -89,5 +97,7 @@ def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, sc
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint["scaler"]:
         scaler.load_state_dict(checkpoint["scaler"])
-    set_rng_state(checkpoint["rng"])
-    return checkpoint["epoch"], checkpoint["best_acc"]
+    position = None
+    if checkpoint["step"]:
+        position = (checkpoint["step"], checkpoint["loss_sums"].to(device), checkpoint["seen"])
+    return checkpoint["epoch"], checkpoint["best_acc"], position

@@ -1,5 +1,6 @@
 """The training program shared by both entry points; they differ only by ``--memory`` (MB or MU)."""
 import os
+import signal
 import sys
 import time
 
@@ -17,11 +18,12 @@ from lib.checkpoint import (
 )
 from lib.device import resolve_device, resolve_precision
 from lib.errors import InputError, one_line
+from lib.interrupt import StopRequest, TrainingInterrupted
 from lib.memory import KeyEncoder, Memory
 from lib.run import REPO, RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
 from lib.train import train_one_epoch, validate
-from lib.utils import epoch_seed, seed_everything
+from lib.utils import epoch_seed, seed_everything, set_rng_state
 from models import EmbeddingNet, trunk_weights
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
@@ -39,6 +41,14 @@ def main(memory):
         train(args)
     except InputError as error:
         sys.exit(f"error: {one_line(error)}")
+
+
+def stopped(log, stop, where):
+    """Leave after a stop request, saying how to continue; exit status 128 + the signal number."""
+    log.close()
+    print(f"stopped by {signal.Signals(stop.signal).name} at {where}; {log.checkpoints}/last.pt holds it. "
+          f"Continue with the same command and --resume {log.folder}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + stop.signal)
 
 
 def resolve_data(args):
@@ -117,10 +127,10 @@ def train(args):
     key_encoder = KeyEncoder(model) if args.memory == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
-    start_epoch, best_acc = 0, -1.0
+    start_epoch, best_acc, position = 0, -1.0, None
     if checkpoint is not None:
-        start_epoch, best_acc = restore_training_state(checkpoint, model, memory, key_encoder, optimizer,
-                                                        precision.scaler)
+        start_epoch, best_acc, position = restore_training_state(checkpoint, model, memory, key_encoder, optimizer,
+                                                                  precision.scaler, device)
 
     # ---------------- run folder ----------------
     log = RunLog(run_folder(args), done_epochs=start_epoch)
@@ -131,33 +141,47 @@ def train(args):
           f"{len(splits['test'])} train / val / test images, {device}")
 
     # ---------------- epochs: train, validate, log, checkpoint ----------------
-    for epoch in range(start_epoch, args.epochs):
-        start = time.time()
-        seed_everything(epoch_seed(args.seed, epoch))
-        generator.manual_seed(epoch_seed(args.seed, epoch))
-        lr = step_lr(epoch, args.lr, args.lr_step, args.lr_gamma)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" else 0.0
-        losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum, precision,
-                                 desc=f"epoch {epoch + 1}/{args.epochs}")
-        accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
-        knn_acc = accuracy[OWN_REFERENCE[args.memory]]
-        is_best = knn_acc > best_acc
-        best_acc = max(best_acc, knn_acc)
-        metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
-                   "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
-                   "best_knn_acc": best_acc, "time_s": time.time() - start}
-        log.log_epoch(metrics, SCALARS)
-        state = training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch + 1, best_acc, args,
-                               num_train, num_classes)
-        save_checkpoint(os.path.join(log.checkpoints, "last.pt"), state)
-        if is_best:
-            save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
-        print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} (snca {losses['loss_snca']:.4f}, "
-              f"ce {losses['loss_ce']:.4f})  lr {lr:g}  val kNN@{args.knn_k} {100 * knn_acc:.2f}% "
-              f"[bank {100 * accuracy['bank']:.2f}%, extracted {100 * accuracy['extracted']:.2f}%]  "
-              f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
+    last = os.path.join(log.checkpoints, "last.pt")
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, args.epochs):
+            start = time.time()
+            seed_everything(epoch_seed(args.seed, epoch))
+            generator.manual_seed(epoch_seed(args.seed, epoch))
+            if position is not None:  # resumed inside this epoch: its random draws continue where they were
+                set_rng_state(checkpoint["rng"])
+            lr = step_lr(epoch, args.lr, args.lr_step, args.lr_gamma)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" else 0.0
+            try:
+                losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum,
+                                         precision, desc=f"epoch {epoch + 1}/{args.epochs}", position=position,
+                                         stop=stop)
+            except TrainingInterrupted as where:
+                save_checkpoint(last, training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch,
+                                                     best_acc, args, num_train, num_classes,
+                                                     (where.step, where.totals, where.seen)))
+                stopped(log, stop, f"epoch {epoch + 1}, step {where.step} of {len(train_batches)}")
+            position = None
+            accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
+            knn_acc = accuracy[OWN_REFERENCE[args.memory]]
+            is_best = knn_acc > best_acc
+            best_acc = max(best_acc, knn_acc)
+            metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
+                       "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
+                       "best_knn_acc": best_acc, "time_s": time.time() - start}
+            log.log_epoch(metrics, SCALARS)
+            state = training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch + 1, best_acc,
+                                   args, num_train, num_classes)
+            save_checkpoint(last, state)
+            if is_best:
+                save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} (snca {losses['loss_snca']:.4f}, "
+                  f"ce {losses['loss_ce']:.4f})  lr {lr:g}  val kNN@{args.knn_k} {100 * knn_acc:.2f}% "
+                  f"[bank {100 * accuracy['bank']:.2f}%, extracted {100 * accuracy['extracted']:.2f}%]  "
+                  f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
+            if stop and epoch + 1 < args.epochs:
+                stopped(log, stop, f"the end of epoch {epoch + 1}")
     if start_epoch >= args.epochs:  # nothing left to train: report the current model
         accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
         print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "

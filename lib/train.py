@@ -9,22 +9,27 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.augment import eval_preprocess, train_augment
+from lib.interrupt import TrainingInterrupted
 from lib.knn import knn_predict
 
 PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar (each waits for the device)
 
 
-def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory_momentum, precision, desc=""):
+def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory_momentum, precision, desc="",
+                    position=None, stop=False):
     """Train over ``batches`` once; returns the mean of each loss term over the epoch's images.
 
     ``precision`` holds the run's autocast context and gradient scaler (``lib.device``); the SNCA
-    loss and the memory stay float32 inside it.
+    loss and the memory stay float32 inside it. ``position`` = (steps done, loss sums, images seen)
+    continues an interrupted epoch; when ``stop`` turns true, the loop raises ``TrainingInterrupted``
+    with its position after the step it is in.
     """
     autocast, scaler, memory_format = precision
     model.train()
-    totals, seen = 0.0, 0  # (3,) sums of loss, loss_snca, loss_ce over images, on the device
-    progress = tqdm(batches, desc=desc, leave=False, dynamic_ncols=True)
-    for step, (images, labels, indices) in enumerate(progress):
+    first, totals, seen = position or (0, 0.0, 0)  # totals: (3,) sums of loss, loss_snca, loss_ce, on the device
+    progress = tqdm(batches.iterate(first), desc=desc, total=len(batches), initial=first, leave=False,
+                    dynamic_ncols=True)
+    for step, (images, labels, indices) in enumerate(progress, start=first):
         images = train_augment(images).contiguous(memory_format=memory_format)   # (B, 3, S, S)
         with autocast:
             embeddings, logits = model(images)                                          # (B, D), (B, C)
@@ -46,6 +51,9 @@ def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory
         seen += len(images)
         if step % PROGRESS_EVERY == 0:
             progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if stop:
+            progress.close()
+            raise TrainingInterrupted(step + 1, totals, seen)
     loss, loss_snca, loss_ce = (totals / max(seen, 1)).tolist()
     return {"loss": loss, "loss_snca": loss_snca, "loss_ce": loss_ce}
 

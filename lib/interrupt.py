@@ -1,0 +1,46 @@
+"""Stopping a run on request without losing it: SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption)
+lets the current step finish, then the run saves ``last.pt`` where it stands and exits."""
+import signal
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(Exception):
+    """Raised by the training loop after a finished step when a stop was requested; carries the epoch's
+    position: steps done, loss sums so far (device tensor) and images seen."""
+
+    def __init__(self, step, totals, seen):
+        super().__init__(f"stopped after step {step}")
+        self.step, self.totals, self.seen = step, totals, seen
+
+
+class StopRequest:
+    """Context manager that turns SIGINT / SIGTERM into a flag (truthy once a signal came).
+
+    The first signal restores the previous handlers, so a second one stops the process at once.
+    """
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+
+    def __enter__(self):
+        self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        self._restore()
+
+    def __bool__(self):
+        return self.signal is not None
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+        self._restore()
+        print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving last.pt "
+              "(send it again to stop at once)", flush=True)
+
+    def _restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}

@@ -1,0 +1,104 @@
+"""Stopping on SIGINT / SIGTERM: the step finishes, last.pt holds the position, and the resumed run
+equals a run that never stopped."""
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+from test_entry_points import SCRIPTS, assert_same, metrics, small_run
+
+from datasets import TensorBatches
+from lib import KeyEncoder, Memory
+from lib.args import get_args_parser
+from lib.device import resolve_precision
+from lib.interrupt import TrainingInterrupted
+from lib.train import train_one_epoch
+from lib.utils import rng_state, seed_everything, set_rng_state
+from models import EmbeddingNet
+
+CPU = torch.device("cpu")
+
+
+class StopAfter:
+    """Turns true after ``n`` looks, as a StopRequest does once a signal came."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __bool__(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def epoch_state(method, stop_after=None):
+    """One MU/MB epoch on generated data; with ``stop_after``, stopped after that many steps and continued."""
+    args = get_args_parser(method).parse_args([])
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(20) % 4
+    model = EmbeddingNet("resnet18", 16, 4)
+    key_encoder = KeyEncoder(model) if method == "mu" else None
+    memory = Memory(labels, 16)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+    precision = resolve_precision(CPU, "none")
+    generator = torch.Generator()
+    batches = TensorBatches(images, labels, 3, CPU, shuffle=True, generator=generator)
+
+    def run(position=None, stop=False):
+        seed_everything(7)
+        generator.manual_seed(7)
+        if position is not None:
+            set_rng_state(saved_rng)
+        return train_one_epoch(model, memory, key_encoder, batches, optimizer, args, 0.5, precision,
+                               position=position, stop=stop)
+
+    if stop_after is None:
+        losses = run()
+    else:
+        try:
+            run(stop=StopAfter(stop_after))
+            raise AssertionError("the epoch was not stopped")
+        except TrainingInterrupted as where:
+            assert where.step == stop_after + 1 and where.seen == 3 * (stop_after + 1)
+            position = (where.step, where.totals, where.seen)
+            saved_rng = rng_state()
+        losses = run(position=position)
+    return losses, model.state_dict(), memory.state_dict(), optimizer.state_dict()
+
+
+def test_an_epoch_stopped_and_continued_equals_an_epoch_that_never_stopped():
+    for method in ("mb", "mu"):
+        straight = epoch_state(method)
+        for stop_after in (0, 3):
+            resumed = epoch_state(method, stop_after)
+            assert resumed[0] == straight[0]
+            for a, b, name in zip(straight[1:], resumed[1:], ("model", "memory", "optimizer")):
+                assert_same(a, b, f"{method} {name}")
+
+
+def test_sigint_saves_last_pt_and_the_resumed_run_equals_a_straight_run(image_tree, tmp_path):
+    out = str(tmp_path / "runs")
+    flags = small_run("mb", image_tree, out, "-b", "4", epochs=4, run_name="stopped")
+    straight = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4,
+                                                                         run_name="straight")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    with subprocess.Popen([sys.executable, SCRIPTS["mb"], *flags], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            if line.startswith("epoch 1/4"):
+                process.send_signal(signal.SIGINT)
+                break
+        stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert "stopped by SIGINT" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    folder = os.path.join(out, "stopped")
+    state = torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)
+    assert state["epoch"] >= 1  # epoch 1 is complete; the stop came during epoch 2 (at a step or its end)
+    resumed = subprocess.run([sys.executable, SCRIPTS["mb"], *flags, "--resume", folder], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
+    assert [[m[k] for k in keys] for m in metrics(os.path.join(out, "straight"))] == \
+        [[m[k] for k in keys] for m in metrics(folder)]
