@@ -84,7 +84,8 @@ def make_batches(splits, args, device):
     """Train batches (shuffled per epoch by the returned generator, last partial batch kept) and eval
     batches of the validation and training splits, all as uint8 images on ``device``."""
     if not splits["val"]:
-        raise InputError("the validation split is empty: a class needs at least 4 images to give one")
+        raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
+                         "images give no validation image")
     generator = torch.Generator()
     place = cache_place(args, device, len(splits["train"]) + len(splits["val"]))
     if place == "none":
@@ -110,18 +111,18 @@ def train(args):
         args.resume = resolve_resume(args.resume, args.out, args.run_name)
     checkpoint = load_state(args.resume) if args.resume else None
 
-    # ---------------- data: the reference split of the folder dataset ----------------
+    # ---------------- data: the reference split of the folder dataset, decoded once ----------------
     root = resolve_data(args)
     splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed)
-    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, device)
     num_train, num_classes = len(splits["train"]), len(splits["classes"])
     if num_classes < 2:
         raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
-
-    # ---------------- model, memory, key encoder, optimiser ----------------
     if checkpoint is not None:
         check_compatible(checkpoint, args, num_train, num_classes)
-    weights = None if checkpoint else trunk_weights(args.model, args.pretrained, args.weights)
+    weights = None if checkpoint else trunk_weights(args.model, args.pretrained, args.weights)  # before decoding
+    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, device)
+
+    # ---------------- model, memory, key encoder, optimiser ----------------
     model = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
     memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device)
     key_encoder = KeyEncoder(model) if args.memory == "mu" else None

@@ -79,8 +79,10 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     assert "nothing to train after epoch 3" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
 
 
-@pytest.mark.parametrize("method, cache, workers, resume", [("mb", "memory", "0", "file"),
-                                                            ("mu", "none", "2", "folder")])
+@pytest.mark.parametrize("method, cache, workers, resume", [
+    ("mb", "memory", "0", "file"), ("mb", "none", "2", "folder"),
+    ("mu", "memory", "0", "folder"), ("mu", "none", "2", "file"),
+])
 def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image_tree, tmp_path):
     """Two epochs, stop, one more epoch = three epochs straight (CPU, same seed): losses, accuracies, weights,
     memory and key encoder alike, with images decoded once or by loader workers every epoch."""
@@ -177,3 +179,21 @@ def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):
     keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
     a, b = metrics(os.path.join(out, "memory")), metrics(os.path.join(out, "none"))
     assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+
+
+def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
+    from conftest import make_image_tree
+
+    data = tmp_path / "données été"  # non-ASCII and a space
+    make_image_tree(str(data / "scènes"), classes=3, per_class=7)
+    out = str(tmp_path / "runs")
+    flags = ["--data", str(data), "--dataset", "scènes", "--imgEXT", "png", "--image-size", "32", "--pretrained",
+             "none", "--num_workers", "0", "--epochs", "1", "--out", out, "--run-name", "odd"]
+    done = run("mu", *flags, "-b", "1000", "--knn-k", "1000", cwd=tmp_path)  # batch > training set, k > references
+    assert done.returncode == 0, done.stderr
+    assert [m["epoch"] for m in metrics(os.path.join(out, "odd"))] == [1]
+    one_line_error(run("mu", *flags, cwd=tmp_path), "already exists", "--resume")  # a finished run is kept
+    assert [m["epoch"] for m in metrics(os.path.join(out, "odd"))] == [1]
+    make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
+    one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
+                       "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")
