@@ -22,7 +22,7 @@ from lib.interrupt import StopRequest, TrainingInterrupted
 from lib.memory import KeyEncoder, Memory
 from lib.run import REPO, RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
-from lib.train import train_one_epoch, validate
+from lib.train import NonFiniteError, train_one_epoch, validate
 from lib.utils import epoch_seed, seed_everything, set_rng_state
 from models import EmbeddingNet, trunk_weights
 
@@ -39,7 +39,7 @@ def main(memory):
     args = get_args_parser(memory).parse_args()
     try:
         train(args)
-    except InputError as error:
+    except (InputError, NonFiniteError) as error:
         sys.exit(f"error: {one_line(error)}")
 
 

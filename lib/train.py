@@ -38,6 +38,7 @@ def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory
             loss_ce = F.cross_entropy(logits, labels)
         loss_snca = memory(embeddings, indices, args.temperature, args.margin / args.temperature)
         loss = args.lambda_ * loss_snca + loss_ce
+        check_finite(loss_snca, loss_ce, writes, where=f"{desc or 'training'}, step {step + 1}")
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -56,6 +57,24 @@ def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory
             raise TrainingInterrupted(step + 1, totals, seen)
     loss, loss_snca, loss_ce = (totals / max(seen, 1)).tolist()
     return {"loss": loss, "loss_snca": loss_snca, "loss_ce": loss_ce}
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term or an embedding to be written into the memory is NaN or infinite."""
+
+
+def check_finite(loss_snca, loss_ce, writes, where):
+    """Stop before the optimizer step and the memory update if anything is not finite.
+
+    One device sync per step (as a float16 gradient scaler makes anyway): a NaN must never reach
+    the weights or a memory row.
+    """
+    finite = torch.stack([loss_snca.detach().isfinite(), loss_ce.detach().isfinite(),
+                          writes.detach().isfinite().all()]).tolist()
+    if not all(finite):
+        names = [name for name, ok in zip(("loss_snca", "loss_ce", "embeddings"), finite) if not ok]
+        raise NonFiniteError(f"non-finite {', '.join(names)} at {where}: stopped before the optimizer step and "
+                             "the memory update; the last checkpoint is the last good state")
 
 
 @torch.inference_mode()
