@@ -6,6 +6,7 @@ label is the class index.
 import os
 import random
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -48,27 +49,49 @@ def split_class(files, seed=42, ratios=(0.7, 0.1, 0.2)):
     return files[:a], files[a:b], files[b:]
 
 
-def build_splits(root, ext="tif", seed=42, ratios=(0.7, 0.1, 0.2)):
+def build_splits(root, ext="tif", seed=42, ratios=(0.7, 0.1, 0.2), exclude=()):
     """The reference split of ``root`` = ``<data>/<dataset>``.
 
     Returns ``{"classes": [...], "train": [(path, label), ...], "val": [...], "test": [...]}``,
-    class by class, in the reference's shuffled order within a class. Opens no image.
+    class by class, in the reference's shuffled order within a class. Opens no image. Paths in
+    ``exclude`` (bad files) are left out before the split: the rest gets the reference split of itself.
     """
     classes, files = list_class_files(root, ext)
+    exclude = set(exclude)
     splits = {"classes": classes, **{name: [] for name in SPLIT_NAMES}}
     for label, name in enumerate(classes):
-        for split, part in zip(SPLIT_NAMES, split_class(files[name], seed, ratios)):
+        kept = [f for f in files[name] if os.path.join(root, name, f) not in exclude]
+        for split, part in zip(SPLIT_NAMES, split_class(kept, seed, ratios)):
             splits[split] += [(os.path.join(root, name, f), label) for f in part]
     return splits
 
 
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's 16-bit (and 32-bit integer) grey modes
+SIXTEEN_BIT_MAX = 65535
+
+
+def to_rgb(image):
+    """RGB of any Pillow mode. 16-bit grey is scaled to 8 bits (x * 255 / 65535), not clipped at 255 as
+    Pillow's own ``convert`` does; palette images with transparency and ``La`` go through RGBA (alpha
+    dropped); everything else is Pillow's conversion (grey replicated, alpha dropped, CMYK without a profile).
+    """
+    if image.mode in SIXTEEN_BIT:
+        grey = np.asarray(image).astype(np.float64)                                  # (H, W)
+        grey = np.rint(np.clip(grey, 0, SIXTEEN_BIT_MAX) * (255 / SIXTEEN_BIT_MAX)).astype(np.uint8)
+        image = Image.fromarray(grey, "L")
+    elif image.mode == "La" or (image.mode in ("P", "PA") and "transparency" in image.info):
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
 def load_rgb(path):
-    """Decode one image as RGB, naming the file when it cannot be read."""
+    """Decode one image as RGB (``to_rgb``), naming the file when it cannot be read."""
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, ValueError, SyntaxError) as error:
-        raise InputError(f"cannot read image {path}: {error}") from None
+        raise InputError(f"cannot read image {path}: {error} (scripts/check_dataset.py lists every bad file; "
+                         "--skip-bad-images --check-images full leaves them out)") from None
 
 
 def decode_resized(path, size):

@@ -5,6 +5,7 @@ The reference scripts' flags keep their names, meanings and defaults.
 """
 import argparse
 
+from datasets.presets import PRESETS
 from models import ARCHS
 
 METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
@@ -21,9 +22,16 @@ def get_args_parser(memory="mb"):
     data.add_argument("--data", default=None, help="folder holding <dataset>/<class>/<image>; "
                       "without it the embedded synthetic dataset is generated under <repo>/data")
     data.add_argument("--dataset", default=None, help="dataset folder name under --data; 'synthetic' "
-                      "without --data, else UCMerced_LandUse (the reference's default). Paper: AID, NWPU-RESISC45")
+                      "without --data, else UCMerced_LandUse (the reference's default). Paper: AID, NWPU-RESISC45. "
+                      "Known names fill in --imgEXT and check the class count: " + ", ".join(sorted(PRESETS)))
     data.add_argument("--imgEXT", default=None, help="image file extension, case-insensitive "
-                      "(default: tif, the reference's; png for the synthetic dataset)")
+                      "(default: the --dataset preset's, e.g. jpg for AID; else tif, the reference's)")
+    data.add_argument("--check-images", default="header", choices=("none", "header", "full"),
+                      help="start-up check of every file (scripts/check_dataset.py): header reads each header, "
+                      "full decodes each image (finds truncated files)")
+    data.add_argument("--skip-bad-images", action="store_true",
+                      help="leave unreadable and empty files out of the split (with a warning) instead of stopping; "
+                      "the rest gets the reference split of itself")
     data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
     data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")

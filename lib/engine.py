@@ -7,6 +7,8 @@ import time
 import torch
 
 from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
+from datasets.check import check_dataset, summary
+from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from lib.args import get_args_parser
 from lib.checkpoint import (
     check_compatible,
@@ -60,13 +62,33 @@ def resolve_data(args):
             raise InputError(f"--dataset {args.dataset} needs --data, the folder that holds it")
         args.data = os.path.join(REPO, "data")
     if args.imgEXT is None:
-        args.imgEXT = "png" if args.dataset == "synthetic" else "tif"
+        args.imgEXT = PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif"
     if not os.path.isdir(args.data) and args.dataset != "synthetic":
         raise InputError(f"--data {args.data}: no such folder")
-    root = os.path.join(args.data, args.dataset)
     if args.dataset == "synthetic":
-        make_synthetic(root)
-    return root
+        make_synthetic(os.path.join(args.data, args.dataset))
+    return dataset_root(args.data, args.dataset)
+
+
+def checked_splits(root, args):
+    """The reference split, after the start-up check of every file (``--check-images``): problems are
+    reported, unreadable files stop the run by name unless ``--skip-bad-images`` leaves them out."""
+    report = {"bad": [], "problems": []}
+    if args.check_images != "none":
+        report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
+                               args.skip_bad_images)
+        for line in summary(report, root):
+            print(f"warning: {line}", file=sys.stderr)
+    if report["bad"] and not args.skip_bad_images:
+        named = "; ".join(f"{os.path.relpath(p, root)} ({kind}{': ' + detail if detail else ''})"
+                          for kind, p, detail in report["problems"] if p in report["bad"])
+        raise InputError(f"{len(report['bad'])} unreadable image(s) in {root}: {named}. Leave them out with "
+                         "--skip-bad-images, or see everything with scripts/check_dataset.py")
+    splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed, exclude=report["bad"])
+    num_images = sum(len(splits[s]) for s in ("train", "val", "test")) + len(report["bad"])
+    if mismatch := preset_mismatch(args.dataset, len(splits["classes"]), num_images):
+        print(f"warning: {mismatch}", file=sys.stderr)
+    return splits, report
 
 
 def cache_place(args, device, num_images):
@@ -113,7 +135,7 @@ def train(args):
 
     # ---------------- data: the reference split of the folder dataset, decoded once ----------------
     root = resolve_data(args)
-    splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed)
+    splits, report = checked_splits(root, args)
     num_train, num_classes = len(splits["train"]), len(splits["classes"])
     if num_classes < 2:
         raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
@@ -138,6 +160,7 @@ def train(args):
     log.write_args(args, device_used=str(device), num_train=num_train, num_classes=num_classes,
                    torch_version=torch.__version__)
     log.write_splits(splits, root)
+    log.write_json("dataset_check.json", report)
     print(f"run folder {log.folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
           f"{len(splits['test'])} train / val / test images, {device}")
 

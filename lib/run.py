@@ -3,6 +3,7 @@
 <out>/<run-name>/
     args.json           all arguments, git commit, command line
     splits/             train.txt, val.txt, test.txt (relative path and label per line), classes.txt
+    dataset_check.json  the start-up check of the dataset's files (datasets/check.py)
     metrics.jsonl       one JSON object per epoch
     tb/                 TensorBoard events (train/*, val/*)
     checkpoints/        last.pt, best.pt
@@ -66,6 +67,10 @@ class RunLog:
     def write_args(self, args, **extra):
         record = {**vars(args), **extra, "git_commit": git_commit(), "command": shlex.join([sys.executable, *sys.argv])}
         with open(os.path.join(self.folder, "args.json"), "w") as f:
+            json.dump(record, f, indent=2)
+
+    def write_json(self, name, record):
+        with open(os.path.join(self.folder, name), "w") as f:
             json.dump(record, f, indent=2)
 
     def write_splits(self, splits, root):

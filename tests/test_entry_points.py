@@ -156,17 +156,61 @@ def test_bad_input_gets_one_line_naming_the_path_or_flag(image_tree, tmp_path):
     assert not os.path.exists(tmp_path / "runs")  # nothing was started
 
 
+def truncate(path):
+    """Cut an image to two thirds: its header still reads, its decoding fails."""
+    Path(path).write_bytes(Path(path).read_bytes()[: os.path.getsize(path) * 2 // 3])
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_unreadable_image_is_named(tmp_path, workers):
+def test_image_failing_to_decode_is_named(tmp_path, workers):
+    """Past the header check (the default), a truncated file stops decoding, named."""
     from conftest import make_image_tree
 
     root = make_image_tree(str(tmp_path / "data" / "ds"), classes=2, per_class=10)
-    bad = glob.glob(os.path.join(root, "*", "*.png"))[3]
-    Path(bad).write_bytes(b"\x89PNG broken")
+    bad = sorted(glob.glob(os.path.join(root, "*", "*.png")))[3]
+    truncate(bad)
     done = run("mb", "--data", str(tmp_path / "data"), "--dataset", "ds", "--imgEXT", "png", "--image-size", "32",
                "--pretrained", "none", "--num_workers", workers, "--epochs", "1", "--out", str(tmp_path / "runs"),
                cwd=tmp_path)
-    one_line_error(done, "cannot read image", os.path.basename(bad))
+    one_line_error(done, "cannot read image", os.path.basename(bad), "--skip-bad-images")
+
+
+def test_unreadable_images_are_refused_by_name_or_skipped(tmp_path):
+    from conftest import make_image_tree
+
+    root = make_image_tree(str(tmp_path / "data" / "ds"), classes=3, per_class=12)
+    files = sorted(glob.glob(os.path.join(root, "*", "*.png")))
+    Path(files[3]).write_bytes(b"\x89PNG broken")
+    Path(files[20]).write_bytes(b"")
+    truncate(files[30])
+    bad = [files[3], files[20], files[30]]
+    flags = ["--data", str(tmp_path / "data"), "--dataset", "ds", "--imgEXT", "png", "--image-size", "32",
+             "--pretrained", "none", "--num_workers", "0", "--epochs", "1", "--out", str(tmp_path / "runs"),
+             "--check-images", "full"]
+    one_line_error(run("mu", *flags, cwd=tmp_path), "3 unreadable image(s)", *(os.path.basename(p) for p in bad))
+    assert not os.path.exists(tmp_path / "runs")  # refused before anything was written
+
+    done = run("mu", *flags, "--skip-bad-images", "--run-name", "skip", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "warning: unreadable: 2" in done.stderr and "warning: empty-file: 1" in done.stderr
+    folder = tmp_path / "runs" / "skip"
+    listed = [row.split()[0] for split in ("train", "val", "test")
+              for row in (folder / "splits" / f"{split}.txt").read_text().splitlines()]
+    assert len(listed) == 36 - 3 and not {os.path.relpath(p, root) for p in bad} & set(listed)
+    check = json.loads((folder / "dataset_check.json").read_text())
+    assert sorted(check["bad"]) == sorted(bad)
+
+
+def test_preset_fills_the_extension_and_reports_a_wrong_class_count(tmp_path):
+    from conftest import make_image_tree
+
+    make_image_tree(str(tmp_path / "data" / "WHU-RS19"), classes=3, per_class=10, ext="jpg")
+    done = run("mb", "--data", str(tmp_path / "data"), "--dataset", "WHU-RS19", "--image-size", "32", "--pretrained",
+               "none", "--num_workers", "0", "--epochs", "1", "--out", str(tmp_path / "runs"), "--run-name", "whu",
+               cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "WHU-RS19 as published" in done.stderr and "19 classes" in done.stderr and "3 classes" in done.stderr
+    assert json.loads((tmp_path / "runs" / "whu" / "args.json").read_text())["imgEXT"] == "jpg"
 
 
 def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):

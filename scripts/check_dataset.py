@@ -1,0 +1,66 @@
+"""Check a folder dataset before training: counts per class and split, and every problem file.
+
+    python scripts/check_dataset.py --data /datasets --dataset NWPU-RESISC45
+    python scripts/check_dataset.py --data /datasets --dataset AID --check-images header --json report.json
+
+Exit status 1 when some file cannot be read (training would stop on it), else 0. Training runs the
+same check at start-up (``--check-images header`` by default there; ``full`` here).
+"""
+import argparse
+import json
+import os
+import sys
+
+# The repository root goes first on the path, so that this script runs from any working directory.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.check import KINDS, check_dataset, summary  # noqa: E402
+from datasets.folder import SPLIT_NAMES  # noqa: E402
+from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
+from lib.errors import InputError, one_line  # noqa: E402
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", required=True, help="folder holding <dataset>/<class>/<image>")
+    parser.add_argument("--dataset", required=True, help="dataset folder name; known: " + ", ".join(sorted(PRESETS)))
+    parser.add_argument("--imgEXT", default=None, help="image extension (default: the preset's, else tif)")
+    parser.add_argument("--split-seed", type=int, default=42, help="seed of the reference split")
+    parser.add_argument("--check-images", default="full", choices=("header", "full"),
+                        help="header: read each header; full: decode each image (finds truncated files)")
+    parser.add_argument("--skip-bad-images", action="store_true", help="count the split without the bad files")
+    parser.add_argument("--num_workers", type=int, default=8, help="threads reading files")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
+    return parser
+
+
+def main():
+    args = get_args_parser().parse_args()
+    ext = args.imgEXT or (PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif")
+    root = dataset_root(args.data, args.dataset)
+    try:
+        report = check_dataset(root, ext, args.split_seed, args.check_images == "full", args.num_workers,
+                               args.skip_bad_images)
+    except InputError as error:
+        sys.exit(f"error: {one_line(error)}")
+
+    width = max(len(c) for c in report["classes"])
+    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}")
+    print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLIT_NAMES))
+    for name, counts in report["counts"].items():
+        print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>6}" for s in SPLIT_NAMES))
+    print(f"{'total':<{width}}  " + "  ".join(f"{report['totals'][s]:>6}" for s in SPLIT_NAMES))
+    num_images = sum(report["totals"].values()) + (len(report["bad"]) if args.skip_bad_images else 0)
+    if mismatch := preset_mismatch(args.dataset, len(report["classes"]), num_images):
+        print(f"note: {mismatch}")
+    lines = summary(report, root, limit=10)
+    print("\n".join(lines) if lines else "no problems found")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**report, "kinds": KINDS}, f, indent=2)
+    sys.exit(1 if report["bad"] else 0)
+
+
+if __name__ == "__main__":
+    main()
