@@ -230,14 +230,21 @@ def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
 
     data = tmp_path / "données été"  # non-ASCII and a space
     make_image_tree(str(data / "scènes"), classes=3, per_class=7)
+    make_image_tree(str(data / "scènes" / "zz_pair"), classes=1, per_class=2)  # 1 training image, 1 test image
+    os.rename(glob.glob(str(data / "scènes" / "zz_pair" / "*"))[0], data / "scènes" / "zz_pair_class")
+    os.rmdir(data / "scènes" / "zz_pair")
     out = str(tmp_path / "runs")
     flags = ["--data", str(data), "--dataset", "scènes", "--imgEXT", "png", "--image-size", "32", "--pretrained",
              "none", "--num_workers", "0", "--epochs", "1", "--out", out, "--run-name", "odd"]
     done = run("mu", *flags, "-b", "1000", "--knn-k", "1000", cwd=tmp_path)  # batch > training set, k > references
     assert done.returncode == 0, done.stderr
     assert [m["epoch"] for m in metrics(os.path.join(out, "odd"))] == [1]
+    assert "few-train: 1" in done.stderr and "zz_pair_class" in done.stderr
     one_line_error(run("mu", *flags, cwd=tmp_path), "already exists", "--resume")  # a finished run is kept
     assert [m["epoch"] for m in metrics(os.path.join(out, "odd"))] == [1]
+    evaluated = run("mb", *flags[:-1], "zero", "--epochs", "0", cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "nothing to train after epoch 0: val kNN@10" in evaluated.stdout
     make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
     one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
                        "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")

@@ -1,10 +1,11 @@
-"""Stopping on SIGINT / SIGTERM: the step finishes, last.pt holds the position, and the resumed run
-equals a run that never stopped."""
+"""Stopping on SIGINT / SIGTERM (the step finishes, last.pt holds the position) or dying by SIGKILL: the
+resumed run equals a run that never stopped."""
 import os
 import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from test_entry_points import SCRIPTS, assert_same, metrics, small_run
 
@@ -77,28 +78,41 @@ def test_an_epoch_stopped_and_continued_equals_an_epoch_that_never_stopped():
                 assert_same(a, b, f"{method} {name}")
 
 
-def test_sigint_saves_last_pt_and_the_resumed_run_equals_a_straight_run(image_tree, tmp_path):
+@pytest.fixture(scope="module")
+def straight_run(image_tree, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs"))
+    done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4,
+                                                                     run_name="straight")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return metrics(os.path.join(out, "straight"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight_run, image_tree, tmp_path):
+    """SIGINT / SIGTERM: the step finishes, last.pt holds the position inside the epoch, exit 128 + signal with
+    the way to continue. SIGKILL (no chance to save): --resume auto continues from the last completed epoch."""
     out = str(tmp_path / "runs")
     flags = small_run("mb", image_tree, out, "-b", "4", epochs=4, run_name="stopped")
-    straight = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4,
-                                                                         run_name="straight")],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert straight.returncode == 0, straight.stderr
     with subprocess.Popen([sys.executable, SCRIPTS["mb"], *flags], cwd=tmp_path, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True) as process:
         for line in process.stdout:
             if line.startswith("epoch 1/4"):
-                process.send_signal(signal.SIGINT)
+                process.send_signal(sig)
                 break
         stdout, stderr = process.communicate(timeout=600)
-    assert process.returncode == 128 + signal.SIGINT, stderr
-    assert "stopped by SIGINT" in stderr and "--resume" in stderr and "Traceback" not in stderr
     folder = os.path.join(out, "stopped")
     state = torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)
     assert state["epoch"] >= 1  # epoch 1 is complete; the stop came during epoch 2 (at a step or its end)
-    resumed = subprocess.run([sys.executable, SCRIPTS["mb"], *flags, "--resume", folder], cwd=tmp_path,
+    if sig == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL
+        resume = "auto"
+    else:
+        assert process.returncode == 128 + sig, stderr
+        assert f"stopped by {sig.name}" in stderr and "--resume" in stderr and "Traceback" not in stderr
+        resume = folder
+    resumed = subprocess.run([sys.executable, SCRIPTS["mb"], *flags, "--resume", resume], cwd=tmp_path,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
-    assert [[m[k] for k in keys] for m in metrics(os.path.join(out, "straight"))] == \
-        [[m[k] for k in keys] for m in metrics(folder)]
+    assert [[m[k] for k in keys] for m in straight_run] == [[m[k] for k in keys] for m in metrics(folder)]
