@@ -55,6 +55,10 @@ class TensorBatches(Batches):
             yield (images.to(self.device, non_blocking=True), self.labels[indices].to(self.device),
                    indices.to(self.device))
 
+    def images_at(self, indices):
+        """uint8 images (B, 3, S, S) of dataset ``indices`` (CPU) on the device: the triplet loss's draws."""
+        return self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
+
 
 class DecodingBatches(Batches):
     """The same batches, decoded from the files in every pass by ``num_workers`` processes (``--cache none``)."""
@@ -71,3 +75,7 @@ class DecodingBatches(Batches):
                             generator=torch.Generator(), worker_init_fn=ignore_interrupts)
         for images, labels, indices in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device), indices.to(self.device)
+
+    def images_at(self, indices):
+        """uint8 images (B, 3, S, S) of dataset ``indices``, decoded here, on the device."""
+        return torch.stack([self.dataset[i][0] for i in indices.tolist()]).to(self.device)

@@ -9,6 +9,8 @@ from datasets.presets import PRESETS
 from models import ARCHS
 
 METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
+# The losses each entry point trains (SPEC.md section 9): the method, and the paper's baselines.
+LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
 
 
 def get_args_parser(memory="mb"):
@@ -58,10 +60,24 @@ def get_args_parser(memory="mb"):
     optim.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum; paper: 0.9")
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="paper: 1e-4")
 
-    loss = parser.add_argument_group("SNCA-CE loss")
+    loss = parser.add_argument_group("loss")
+    loss.add_argument("--method", default="snca-ce", choices=LOSSES[memory],
+                      help="snca-ce: lambda * L_SNCA + L_CE (the paper's method); snca: L_SNCA alone"
+                      + ("; d-cnn: L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), no memory; triplet: "
+                         "the triplet loss with random positives and negatives, no memory" if memory == "mb" else ""))
     loss.add_argument("--temperature", type=float, default=0.05, help="SNCA temperature T; paper: 0.05")
     loss.add_argument("--margin", type=float, default=0.0, help="SNCA margin in cosine units (divided by T); paper: 0")
     loss.add_argument("--lambda_", type=float, default=1.0, help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
+
+    if memory == "mb":
+        loss.add_argument("--dcnn-tau", type=float, default=0.44,
+                          help="D-CNN distance threshold tau; Cheng et al.: 0.44")
+        loss.add_argument("--dcnn-beta", type=float, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
+        loss.add_argument("--dcnn-weight", type=float, default=1.0,
+                          help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
+        loss.add_argument("--triplet-margin", type=float, default=0.2,
+                          help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
+                          "paper; FaceNet's 0.2)")
 
     method = parser.add_argument_group(METHODS[memory])
     if memory == "mb":

@@ -9,7 +9,7 @@ from lib.errors import InputError
 from lib.utils import rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
-MUST_MATCH = ("memory", "model", "dim", "dataset", "image_size")
+MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size")
 
 
 def save_checkpoint(path, state):
@@ -76,7 +76,8 @@ def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_ac
     """Everything a run needs to continue after ``epoch`` completed epochs (and, for a run stopped inside
     the next one, ``position`` = (steps done, loss sums, images seen)), as state dicts and plain values."""
     step, totals, seen = position or (0, None, 0)
-    return {"model": model.state_dict(), "memory": memory.state_dict(), "optimizer": optimizer.state_dict(),
+    return {"model": model.state_dict(), "memory": memory.state_dict() if memory is not None else None,
+            "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
             "epoch": epoch, "step": step, "loss_sums": None if totals is None else totals.cpu(), "seen": seen,
@@ -91,7 +92,8 @@ def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, sc
     epoch sets ``checkpoint["rng"]`` after that epoch's seeding (``lib.utils.set_rng_state``).
     """
     model.load_state_dict(checkpoint["model"])
-    memory.load_state_dict(checkpoint["memory"])
+    if memory is not None:
+        memory.load_state_dict(checkpoint["memory"])
     if key_encoder is not None:
         key_encoder.load_state_dict(checkpoint["key_encoder"])
     optimizer.load_state_dict(checkpoint["optimizer"])

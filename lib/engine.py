@@ -25,15 +25,25 @@ from lib.memory import KeyEncoder, Memory
 from lib.run import REPO, RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
 from lib.train import NonFiniteError, train_one_epoch, validate
+from lib.triplet_loss import sample_triplets
 from lib.utils import epoch_seed, seed_everything, set_rng_state
 from models import EmbeddingNet, trunk_weights
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
-# The method's own kNN reference selects the best checkpoint (SPEC.md sections 5, 6).
-OWN_REFERENCE = {"mb": "bank", "mu": "extracted"}
-SCALARS = {"train/loss": "loss", "train/loss_snca": "loss_snca", "train/loss_ce": "loss_ce", "train/lr": "lr",
-           "train/memory_momentum": "memory_momentum", "val/knn_acc": "knn_acc",
-           "val/knn_acc_bank": "knn_acc_bank", "val/knn_acc_extracted": "knn_acc_extracted"}
+# TensorBoard tag -> metric; a metric a method does not have (no memory: no bank kNN) is not logged.
+SCALARS = {**{f"train/{k}": k for k in ("loss", "loss_snca", "loss_dcnn", "loss_triplet", "loss_ce", "lr",
+                                         "memory_momentum")},
+           **{f"val/{k}": k for k in ("knn_acc", "knn_acc_bank", "knn_acc_extracted")}}
+
+
+def own_reference(args):
+    """The kNN reference that selects the best checkpoint: the bank for MB (SPEC.md section 5), else
+    the re-extracted training embeddings (MU, section 6; the baselines have no memory)."""
+    return "bank" if args.memory == "mb" and args.method in ("snca-ce", "snca") else "extracted"
+
+
+def uses_memory(args):
+    return args.method in ("snca-ce", "snca")
 
 
 def main(memory):
@@ -146,7 +156,8 @@ def train(args):
 
     # ---------------- model, memory, key encoder, optimiser ----------------
     model = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
-    memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device)
+    memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device) \
+        if uses_memory(args) else None
     key_encoder = KeyEncoder(model) if args.memory == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
@@ -176,11 +187,13 @@ def train(args):
             lr = step_lr(epoch, args.lr, args.lr_step, args.lr_gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" else 0.0
+            momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" and memory else 0.0
+            triplets = sample_triplets(train_batches.labels, torch.Generator().manual_seed(
+                epoch_seed(args.seed, epoch))) if args.method == "triplet" else None
             try:
                 losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum,
                                          precision, desc=f"epoch {epoch + 1}/{args.epochs}", position=position,
-                                         stop=stop)
+                                         stop=stop, triplets=triplets)
             except TrainingInterrupted as where:
                 save_checkpoint(last, training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch,
                                                      best_acc, args, num_train, num_classes,
@@ -188,7 +201,7 @@ def train(args):
                 stopped(log, stop, f"epoch {epoch + 1}, step {where.step} of {len(train_batches)}")
             position = None
             accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
-            knn_acc = accuracy[OWN_REFERENCE[args.memory]]
+            knn_acc = accuracy[own_reference(args)]
             is_best = knn_acc > best_acc
             best_acc = max(best_acc, knn_acc)
             metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
@@ -200,16 +213,17 @@ def train(args):
             save_checkpoint(last, state)
             if is_best:
                 save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
-            print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} (snca {losses['loss_snca']:.4f}, "
-                  f"ce {losses['loss_ce']:.4f})  lr {lr:g}  val kNN@{args.knn_k} {100 * knn_acc:.2f}% "
-                  f"[bank {100 * accuracy['bank']:.2f}%, extracted {100 * accuracy['extracted']:.2f}%]  "
+            terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses.items() if k != "loss")
+            references = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if v is not None)
+            print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} ({terms})  lr {lr:g}  "
+                  f"val kNN@{args.knn_k} {100 * knn_acc:.2f}% [{references}]  "
                   f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
             if stop and epoch + 1 < args.epochs:
                 stopped(log, stop, f"the end of epoch {epoch + 1}")
     if start_epoch >= args.epochs:  # nothing left to train: report the current model
         accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
         print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
-              f"{100 * accuracy[OWN_REFERENCE[args.memory]]:.2f}%")
+              f"{100 * accuracy[own_reference(args)]:.2f}%")
     log.close()
     print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {log.folder}")
     return log.folder

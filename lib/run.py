@@ -83,11 +83,13 @@ class RunLog:
                 f.writelines(f"{os.path.relpath(p, root)} {label}\n" for p, label in splits[name])
 
     def log_epoch(self, metrics, scalars):
-        """Append ``metrics`` to metrics.jsonl; ``scalars`` maps TensorBoard tags to metric keys."""
+        """Append ``metrics`` to metrics.jsonl; ``scalars`` maps TensorBoard tags to metric keys (absent or
+        None ones are skipped)."""
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(metrics) + "\n")
         for tag, key in scalars.items():
-            self.tb.add_scalar(tag, metrics[key], metrics["epoch"])
+            if metrics.get(key) is not None:
+                self.tb.add_scalar(tag, metrics[key], metrics["epoch"])
         self.tb.flush()
 
     def close(self):

@@ -104,6 +104,30 @@ def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image
         assert_same(sa[part], sb[part], part)
 
 
+@pytest.mark.parametrize("method, loss, term", [("mb", "snca", "snca"), ("mu", "snca", "snca"),
+                                                ("mb", "d-cnn", "dcnn"), ("mb", "triplet", "triplet")])
+def test_baselines_train_and_resume_exactly(method, loss, term, image_tree, tmp_path):
+    """The paper's baselines (SPEC.md section 9) share the loop, logging and checkpoints: 2 epochs + 1 resumed
+    equal 3 straight; the triplet's draws come from decoded files here (--cache none)."""
+    out = str(tmp_path / "runs")
+    extra = ("--method", loss, *(("--cache", "none") if loss == "triplet" else ()))
+    straight = run(method, *small_run(method, image_tree, out, *extra, epochs=3, run_name="straight"), cwd=tmp_path)
+    first = run(method, *small_run(method, image_tree, out, *extra, epochs=2, run_name="split"), cwd=tmp_path)
+    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
+    second = run(method, *small_run(method, image_tree, out, *extra, "--resume", os.path.join(out, "split"),
+                                    epochs=3), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    lines = metrics(os.path.join(out, "straight"))
+    assert lines == [dict(m, time_s=s["time_s"]) for m, s in zip(metrics(os.path.join(out, "split")), lines)]
+    memory = loss in ("snca", "snca-ce")
+    for m in lines:
+        assert m[f"loss_{term}"] > 0 and (m["loss_ce"] > 0) == (loss == "d-cnn")
+        assert m["knn_acc"] == m["knn_acc_bank" if memory and method == "mb" else "knn_acc_extracted"]
+        assert (m["knn_acc_bank"] is not None) == memory
+    state = torch.load(os.path.join(out, "split", "checkpoints", "last.pt"), weights_only=True)
+    assert state["args"]["method"] == loss and (state["memory"] is not None) == memory
+
+
 def assert_same(a, b, where):
     """Nested state dicts hold bitwise-equal tensors and equal plain values."""
     if isinstance(a, dict):
