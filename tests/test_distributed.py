@@ -1,0 +1,193 @@
+"""lib.distributed on two CPU processes (Gloo) against one process doing the same work.
+
+Each test spawns two workers that join a process group through ``init_distributed`` (as under
+torchrun), run one scenario, save their results in ``tmp_path`` and leave the group; the test then
+compares the files. Warnings are errors in the workers too.
+"""
+import os
+import socket
+import time
+import warnings
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from lib.distributed import (
+    Dist,
+    all_gather_varlen,
+    assert_same_on_all_ranks,
+    barrier,
+    broadcast_object,
+    cleanup,
+    gather_memory_writes,
+    init_distributed,
+    memory_checksum,
+    shard_batch,
+    sharded_knn_predict,
+)
+from lib.knn import knn_predict
+from lib.memory import Memory
+
+WORLD = 2
+NUM_IMAGES, DIM, BATCH, EPOCHS = 49, 8, 16, 2  # batches of 16, 16, 16 and 1: the last leaves rank 1 empty
+LENGTH_PAIRS = [(3, 0), (3, 5), (0, 0)]       # rows given by rank 0 and rank 1 to all_gather_varlen
+TIMEOUT_S = 60  # a rank stuck in a collective fails the test instead of hanging it
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank, port, scenario, out_dir):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    warnings.simplefilter("error")
+    torch.set_num_threads(1)
+    dist = init_distributed("cpu")
+    try:
+        result = SCENARIOS[scenario](dist)
+    finally:
+        cleanup(dist)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+def run_on_two_ranks(scenario, tmp_path):
+    """Run ``scenario`` on two ranks; a worker's exception is raised here (``ProcessRaisedException``)."""
+    workers = mp.spawn(worker, args=(free_port(), scenario, str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not workers.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"scenario {scenario!r} did not finish in {TIMEOUT_S} s")
+    return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
+
+
+def rows(rank, length):
+    """What ``rank`` contributes to all_gather_varlen: float rows and int64 values known to both sides."""
+    start = 100 * rank
+    return torch.arange(start, start + 4 * length, dtype=torch.float32).reshape(length, 4), torch.arange(length) + start
+
+
+def epoch_batches(epoch):
+    return torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(epoch)).split(BATCH)
+
+
+def shard_features(epoch, step, rank, length):
+    """Embeddings of one rank's shard: different on every rank and step, reproducible in the oracle."""
+    generator = torch.Generator().manual_seed(1000 * epoch + 10 * step + rank)
+    return F.normalize(torch.randn(length, DIM, generator=generator), dim=1)
+
+
+def new_memory():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Memory(torch.arange(NUM_IMAGES) % 5, DIM)
+
+
+def knn_data():
+    generator = torch.Generator().manual_seed(3)
+    references, queries = torch.randn(300, DIM, generator=generator), torch.randn(42, DIM, generator=generator)
+    return queries, references, torch.randint(0, 7, (300,), generator=generator)
+
+
+def gather_scenario(dist):
+    out = {}
+    for case, lengths in enumerate(LENGTH_PAIRS):
+        floats, ints = rows(dist.rank, lengths[dist.rank])
+        out[f"floats{case}"], out[f"ints{case}"] = all_gather_varlen(floats, dist), all_gather_varlen(ints, dist)
+    barrier(dist)
+    out["broadcast"] = broadcast_object({"from": dist.rank, "words": ["a"] * (dist.rank + 1)}, dist)
+    return out
+
+
+def memory_scenario(dist):
+    memory = new_memory()
+    for epoch in range(EPOCHS):
+        for step, batch in enumerate(epoch_batches(epoch)):
+            indices = shard_batch(batch, dist.rank, dist.world_size)
+            features = shard_features(epoch, step, dist.rank, len(indices))
+            memory.update(*gather_memory_writes(indices, features, dist), momentum=0.5)
+    assert_same_on_all_ranks(memory_checksum(memory.memory), dist, "memory checksum")
+    return {"memory": memory.memory}
+
+
+def knn_scenario(dist):
+    return {"predictions": sharded_knn_predict(*knn_data(), 5, dist, chunk_elements=300 * 8)}
+
+
+def mismatch_scenario(dist):
+    messages = []
+    same = torch.tensor([1.0, float("nan"), -0.0])  # equal bits on both ranks, though NaN != NaN
+    assert_same_on_all_ranks(same, dist, "same")
+    for what, tensor in [("signed zero", torch.tensor([-0.0 if dist.rank else 0.0])),
+                         ("length", torch.zeros(2 + dist.rank)), ("labels", torch.tensor([0, dist.rank]))]:
+        try:
+            assert_same_on_all_ranks(tensor, dist, what)
+        except RuntimeError as error:
+            messages.append(str(error))
+    return {"messages": messages}
+
+
+SCENARIOS = {"gather": gather_scenario, "memory": memory_scenario, "knn": knn_scenario, "mismatch": mismatch_scenario}
+
+
+@pytest.mark.parametrize("batch, world", [(16, 2), (17, 2), (5, 3), (1, 2), (3, 8), (0, 4), (22005 % 256, 6)])
+def test_shard_batch_splits_in_order_with_sizes_one_apart(batch, world):
+    indices = torch.randperm(100)[:batch]
+    shards = [shard_batch(indices, rank, world) for rank in range(world)]
+    sizes = [len(shard) for shard in shards]
+    assert torch.equal(torch.cat(shards), indices) and max(sizes) - min(sizes) <= 1
+
+
+def test_one_process_leaves_torch_distributed_alone(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist = init_distributed("cpu")
+    assert dist == Dist(0, 1, 0, torch.device("cpu"), True) and not torch.distributed.is_initialized()
+    indices, features = torch.tensor([4, 1]), torch.randn(2, DIM)
+    gathered = gather_memory_writes(indices, features, dist)
+    assert torch.equal(gathered[0], indices) and torch.equal(gathered[1], features)
+    assert torch.equal(sharded_knn_predict(*knn_data(), 5, dist), knn_predict(*knn_data(), 5))
+    assert broadcast_object("x", dist) == "x" and torch.equal(shard_batch(indices, 0, 1), indices)
+    assert_same_on_all_ranks(features, dist, "features")
+    barrier(dist)
+    cleanup(dist)
+
+
+def test_all_gather_varlen_concatenates_unequal_lengths(tmp_path):
+    results = run_on_two_ranks("gather", tmp_path)
+    for case, lengths in enumerate(LENGTH_PAIRS):
+        floats, ints = zip(*(rows(rank, n) for rank, n in enumerate(lengths)))
+        for result in results:
+            assert torch.equal(result[f"floats{case}"], torch.cat(floats))
+            assert torch.equal(result[f"ints{case}"], torch.cat(ints))
+    assert all(result["broadcast"] == {"from": 0, "words": ["a"]} for result in results)
+
+
+def test_memory_stays_identical_and_equals_one_process(tmp_path):
+    results = run_on_two_ranks("memory", tmp_path)
+    oracle = new_memory()
+    for epoch in range(EPOCHS):
+        for step, batch in enumerate(epoch_batches(epoch)):
+            shards = [shard_batch(batch, rank, WORLD) for rank in range(WORLD)]
+            features = torch.cat([shard_features(epoch, step, rank, len(s)) for rank, s in enumerate(shards)])
+            oracle.update(batch, features, momentum=0.5)
+    assert not torch.equal(oracle.memory, new_memory().memory)
+    assert torch.equal(results[0]["memory"], results[1]["memory"])
+    assert torch.equal(results[0]["memory"], oracle.memory)
+
+
+def test_sharded_knn_equals_one_process(tmp_path):
+    results = run_on_two_ranks("knn", tmp_path)
+    expected = knn_predict(*knn_data(), 5, chunk_elements=300 * 8)
+    for result in results:
+        assert torch.equal(result["predictions"], expected)
+
+
+def test_assert_same_on_all_ranks_raises_when_ranks_differ(tmp_path):
+    for result in run_on_two_ranks("mismatch", tmp_path):
+        assert [message.split(" differs")[0] for message in result["messages"]] == ["signed zero", "length", "labels"]
