@@ -5,6 +5,7 @@
     splits/             train.txt, val.txt, test.txt (relative path and label per line), classes.txt
     dataset_check.json  the start-up check of the dataset's files (datasets/check.py)
     metrics.jsonl       one JSON object per epoch
+    learning_curve.png  losses and validation kNN accuracy per epoch, drawn when the run ends or stops
     tb/                 TensorBoard events (train/*, val/*)
     checkpoints/        last.pt, best.pt
 """
@@ -18,6 +19,7 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 
 from datasets.folder import SPLIT_NAMES
+from lib import plots
 from lib.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,4 +95,8 @@ class RunLog:
         self.tb.flush()
 
     def close(self):
+        """Flush TensorBoard and draw ``learning_curve.png`` from metrics.jsonl."""
         self.tb.close()
+        if metrics := self.read_metrics():
+            plots.save(plots.learning_curve(metrics, os.path.basename(os.path.normpath(self.folder))),
+                       os.path.join(self.folder, "learning_curve.png"))

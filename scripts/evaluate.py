@@ -1,0 +1,167 @@
+"""Evaluate a trained run as the paper does (SPEC.md section 8): the evaluated split (default test) as
+queries, the training split as references / database, embedded with the eval transform on the device.
+
+    python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
+    python scripts/evaluate.py runs/NAME/checkpoints/last.pt --split val --device cpu
+
+Writes results.json (kNN OA / AA at K = 1, 5, 10; K-means accuracy and NMI; mAP, mAP@20/50/100,
+P@k, R-precision, ANMRR; the PR curve), confusion_matrix.csv/.png (kNN K = 10), pr_curve.csv/.png,
+tsne.png, retrieval_examples.png and embeddings.npz; logs the confusion matrix and the query
+embeddings (TensorBoard's projector, with thumbnails) to the run's tb/. Metric definitions: README.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+# The repository root goes first on the path, so that this script runs from any working directory.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets import decoded_images  # noqa: E402
+from lib import plots  # noqa: E402
+from lib.device import resolve_device, resolve_precision  # noqa: E402
+from lib.errors import InputError, one_line  # noqa: E402
+from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
+from lib.knn import knn_predict  # noqa: E402
+from lib.metrics import clustering_scores, confusion_matrix, knn_accuracies, retrieval_scores  # noqa: E402
+
+KNN_KS = (1, 5, 10)
+EXAMPLE_QUERIES, EXAMPLE_RESULTS = 8, 10
+THUMBNAIL = 32  # px, for TensorBoard's projector
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("target", metavar="RUN_DIR", help="a run folder, or a checkpoint file in one")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which one, for a run folder")
+    parser.add_argument("--split", default="test", choices=("test", "val"), help="the queries")
+    parser.add_argument("--data", default=None, help="the dataset's parent folder, if it moved since training")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="precision of the network")
+    parser.add_argument("--batch-size", type=int, default=512, help="images per embedding pass")
+    parser.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
+    parser.add_argument("--tsne-points", type=int, default=5000, help="queries shown in tsne.png (a seeded sample)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds K-means, t-SNE and the example queries")
+    return parser
+
+
+def main():
+    args = get_args_parser().parse_args()
+    try:
+        folder = evaluate(args)
+    except InputError as error:
+        sys.exit(f"error: {one_line(error)}")
+    print(f"wrote {folder}")
+
+
+def evaluate(args):
+    # ---------------- the trained network and the run's own split ----------------
+    device = resolve_device(args.device)
+    precision = resolve_precision(device, args.amp)
+    model, run_args, run_dir = load_trained(args.target, device, args.checkpoint)
+    database, classes, root = recorded_split(run_dir, "train", args.data)
+    queries, _, _ = recorded_split(run_dir, args.split, args.data)
+    out = os.path.join(run_dir, "eval", args.split)
+    os.makedirs(out, exist_ok=True)
+
+    # ---------------- embeddings, on the device ----------------
+    size = run_args["image_size"]
+    images = {name: decoded_images(samples, size, args.num_workers, run_args.get("cache_dir"))
+              for name, samples in (("database", database), ("queries", queries))}
+    labels = {name: torch.tensor([y for _, y in samples]) for name, samples in (("database", database),
+                                                                                 ("queries", queries))}
+    emb = {name: embed(model, images[name], labels[name], device, precision, args.batch_size) for name in images}
+    db, db_labels = emb["database"], labels["database"].to(device)
+    q, q_labels = emb["queries"], labels["queries"].to(device)
+
+    # ---------------- metrics ----------------
+    num_classes = len(classes)
+    knn = knn_accuracies(q, q_labels, db, db_labels, KNN_KS, num_classes)
+    retrieval = retrieval_scores(q, q_labels, db, db_labels)
+    pr = retrieval.pop("pr_curve")
+    clustering = clustering_scores(q, q_labels, num_classes, seed=args.seed)
+    predicted = knn_predict(q, db, db_labels, k=10)
+    matrix = confusion_matrix(predicted, q_labels, num_classes).cpu().numpy()
+    results = {"split": args.split, "checkpoint": os.path.abspath(checkpoint_path(args.target, args.checkpoint)),
+               "num_queries": len(q), "num_database": len(db), "knn": {str(k): v for k, v in knn.items()},
+               "clustering": clustering, "retrieval": retrieval, "pr_curve": pr}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+    # ---------------- tables, figures, embeddings ----------------
+    write_csv(os.path.join(out, "confusion_matrix.csv"), ["true \\ predicted", *classes],
+              [[c, *row] for c, row in zip(classes, matrix.tolist())])
+    plots.save(plots.confusion(matrix, classes), os.path.join(out, "confusion_matrix.png"))
+    write_csv(os.path.join(out, "pr_curve.csv"), ["recall", "precision"], zip(pr["recall"], pr["precision"]))
+    method = f"{run_args.get('method', 'snca-ce')} ({run_args['memory']})"
+    plots.save(plots.pr_curve(pr["recall"], pr["precision"], method), os.path.join(out, "pr_curve.png"))
+    rng = np.random.default_rng(args.seed)
+    shown = np.sort(rng.permutation(len(q))[: args.tsne_points])
+    plots.save(plots.scatter_2d(tsne(q[shown].cpu().numpy(), args.seed), q_labels[shown].cpu().numpy(), classes,
+                                f"t-SNE of the {args.split} embeddings ({len(shown)} images), {method}"),
+               os.path.join(out, "tsne.png"))
+    examples = np.sort(rng.permutation(len(q))[:EXAMPLE_QUERIES])
+    found = top_k(q[examples], db, EXAMPLE_RESULTS).cpu().numpy()                     # (8, 10)
+    hwc = {name: images[name].permute(0, 2, 3, 1).numpy() for name in images}         # (N, S, S, 3)
+    names = [[classes[db_labels[j]] for j in row] for row in found]
+    plots.save(plots.retrieval_grid(hwc["queries"][examples], hwc["database"][found],
+                                    db_labels.cpu().numpy()[found] == q_labels.cpu().numpy()[examples, None],
+                                    [classes[q_labels[i]] for i in examples], names),
+               os.path.join(out, "retrieval_examples.png"))
+    np.savez_compressed(os.path.join(out, "embeddings.npz"), queries=q.cpu().numpy(),
+                        query_labels=q_labels.cpu().numpy(), database=db.cpu().numpy(),
+                        database_labels=db_labels.cpu().numpy(), split=args.split, classes=np.array(classes),
+                        query_paths=np.array([os.path.relpath(p, root) for p, _ in queries]),
+                        database_paths=np.array([os.path.relpath(p, root) for p, _ in database]))
+    log_tensorboard(run_dir, args.split, results, matrix, classes, q, q_labels, images["queries"])
+    print(summary(results))
+    return out
+
+
+def tsne(points, seed):
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, max(2.0, (len(points) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, images):
+    """Scalars, the confusion matrix image and the query embeddings (projector, with thumbnails)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(os.path.join(run_dir, "tb")) as writer:
+        for k, scores in results["knn"].items():
+            writer.add_scalar(f"eval_{split}/knn{k}_overall", scores["overall"])
+        for key in ("map", "map@20", "anmrr"):
+            writer.add_scalar(f"eval_{split}/{key}", results["retrieval"][key])
+        writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes))
+        thumbnails = torch.nn.functional.interpolate(images.float() / 255, size=(THUMBNAIL, THUMBNAIL),
+                                                     mode="bilinear", antialias=True)          # (Q, 3, 32, 32)
+        writer.add_embedding(queries.cpu(), metadata=[classes[y] for y in labels.tolist()], label_img=thumbnails,
+                             tag=f"eval_{split}")
+
+
+def summary(results):
+    knn = results["knn"]
+    r = results["retrieval"]
+    overall = " / ".join(f"{100 * scores['overall']:.2f}" for scores in knn.values())
+    return (f"{results['split']}: kNN OA@1/5/10 {overall} %, "
+            f"AA@10 {100 * knn['10']['average']:.2f} %; mAP {100 * r['map']:.2f}, mAP@20 {100 * r['map@20']:.2f}, "
+            f"ANMRR {r['anmrr']:.4f}; K-means acc {100 * results['clustering']['kmeans_accuracy']:.2f} %, "
+            f"NMI {results['clustering']['nmi']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

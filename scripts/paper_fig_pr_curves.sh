@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The paper's precision-recall curves (Kang et al., TGRS 2020): test images as queries over the training split,
+# precision interpolated at 21 recall levels, mean over SEEDS runs, all six methods on AID and NWPU-RESISC45.
+#
+#   DATA=/datasets bash scripts/paper_fig_pr_curves.sh           # expects /datasets/AID and /datasets/NWPU-RESISC45
+#   DATA=/datasets SEEDS=5 OUT=runs/paper bash scripts/paper_fig_pr_curves.sh
+#   DATA=/datasets DRY_RUN=1 bash scripts/paper_fig_pr_curves.sh # print the commands only
+#
+# Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/pr_curves.png.
+# The paper's curves give no numbers; their order: the SNCA family far above Triplet, Triplet above D-CNN, and
+# the CE term a small gain (SPEC.md sec. 8).
+set -euo pipefail
+source "$(dirname "$0")/paper_common.sh"
+
+for seed in $(seq 0 $((SEEDS - 1))); do
+  train_and_eval train_SNCA_CE    snca-ce AID           "$seed"
+  train_and_eval train_SNCA_CE_MC snca-ce AID           "$seed"
+  train_and_eval train_SNCA_CE    snca    AID           "$seed"
+  train_and_eval train_SNCA_CE_MC snca    AID           "$seed"
+  train_and_eval train_SNCA_CE    d-cnn   AID           "$seed"
+  train_and_eval train_SNCA_CE    triplet AID           "$seed"
+  train_and_eval train_SNCA_CE    snca-ce NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE_MC snca-ce NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    snca    NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE_MC snca    NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    d-cnn   NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    triplet NWPU-RESISC45 "$seed"
+done
+run python3 scripts/make_tables.py "$OUT"

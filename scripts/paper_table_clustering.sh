@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# K-means clustering of the test embeddings (k = number of classes; accuracy after Hungarian matching, NMI),
+# all six methods of the paper (Kang et al., TGRS 2020) on AID and NWPU-RESISC45, SEEDS runs each, then the tables.
+#
+#   DATA=/datasets bash scripts/paper_table_clustering.sh           # expects /datasets/AID and /datasets/NWPU-RESISC45
+#   DATA=/datasets SEEDS=5 OUT=runs/paper bash scripts/paper_table_clustering.sh
+#   DATA=/datasets DRY_RUN=1 bash scripts/paper_table_clustering.sh # print the commands only
+#
+# Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/tables.md, "Clustering" table.
+# Neither the paper nor its follow-up gives clustering numbers (SPEC.md sec. 8), hence no comments.
+set -euo pipefail
+source "$(dirname "$0")/paper_common.sh"
+
+for seed in $(seq 0 $((SEEDS - 1))); do
+  train_and_eval train_SNCA_CE    snca-ce AID           "$seed"
+  train_and_eval train_SNCA_CE_MC snca-ce AID           "$seed"
+  train_and_eval train_SNCA_CE    snca    AID           "$seed"
+  train_and_eval train_SNCA_CE_MC snca    AID           "$seed"
+  train_and_eval train_SNCA_CE    d-cnn   AID           "$seed"
+  train_and_eval train_SNCA_CE    triplet AID           "$seed"
+  train_and_eval train_SNCA_CE    snca-ce NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE_MC snca-ce NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    snca    NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE_MC snca    NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    d-cnn   NWPU-RESISC45 "$seed"
+  train_and_eval train_SNCA_CE    triplet NWPU-RESISC45 "$seed"
+done
+run python3 scripts/make_tables.py "$OUT"

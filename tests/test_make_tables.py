@@ -1,0 +1,203 @@
+"""scripts/make_tables.py against numpy on generated run folders; the paper_*.sh scripts in dry-run mode."""
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+MAKE_TABLES = os.path.join(REPO, "scripts", "make_tables.py")
+DATASETS = ("AID", "NWPU-RESISC45")
+METHODS = {("snca-ce", "mb"): "SNCA-CE (MB)", ("snca-ce", "mu"): "SNCA-CE (MU)", ("triplet", "mb"): "Triplet"}
+SEEDS = (0, 1, 2)
+RETRIEVAL = ["map", "map@20", "map@50", "map@100", "r_precision", "anmrr"] + [
+    f"precision@{k}" for k in (1, 5, 10, 20, 50, 100)]
+
+
+def write_run(folder, method, memory, dataset, seed, rng, epochs=5, evaluated=True):
+    """A run folder as the entry points and scripts/evaluate.py leave it; returns its metrics flattened."""
+    os.makedirs(folder)
+    args = {"memory": memory, "method": method, "dataset": dataset, "seed": seed, "model": "resnet18", "dim": 128,
+            "epochs": epochs, "image_size": 224}
+    with open(os.path.join(folder, "args.json"), "w") as f:
+        json.dump(args, f)
+    curve = rng.uniform(0.5, 1, epochs)
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps({"epoch": e + 1, "loss": 1.0, "knn_acc": float(a)}) + "\n" for e, a in enumerate(curve))
+    values = {"val.knn_acc.best": curve.max(), "val.knn_acc.last": curve[-1]}
+    if not evaluated:
+        return values
+    results = {
+        "split": "test",
+        "knn": {str(k): {"overall": rng.uniform(), "average": rng.uniform()} for k in (1, 5, 10)},
+        "clustering": {"kmeans_accuracy": rng.uniform(), "nmi": rng.uniform()},
+        "retrieval": {name: rng.uniform() for name in RETRIEVAL},
+        "pr_curve": {"recall": np.linspace(0, 1, 21).tolist(),
+                     "precision": np.sort(rng.uniform(size=21))[::-1].tolist()},
+    }
+    os.makedirs(os.path.join(folder, "eval", "test"))
+    with open(os.path.join(folder, "eval", "test", "results.json"), "w") as f:
+        json.dump(results, f)
+    values.update({f"knn.{k}.{kind}": v for k, d in results["knn"].items() for kind, v in d.items()})
+    values.update({f"clustering.{name}": v for name, v in results["clustering"].items()})
+    values.update({f"retrieval.{name}": v for name, v in results["retrieval"].items()})
+    return values
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """Two folders of runs at different depths; returns (output folder, generated values per group, stdout)."""
+    root = tmp_path_factory.mktemp("runs")
+    rng = np.random.default_rng(0)
+    generated = {}
+    for (method, memory), dataset, seed in [(m, d, s) for m in METHODS for d in DATASETS for s in SEEDS]:
+        parent = root / ("a" if dataset == "AID" else os.path.join("b", "deeper"))
+        values = write_run(parent / f"{dataset}-{method}-{memory}-seed{seed}", method, memory, dataset, seed, rng)
+        generated.setdefault((method, memory, dataset), []).append(values)
+    # a folder whose name lies: its args say NWPU-RESISC45, so it is a fourth NWPU SNCA-CE (MB) run
+    values = write_run(root / "a" / "AID-snca-ce-mb-seed9", "snca-ce", "mb", "NWPU-RESISC45", 9, rng)
+    generated[("snca-ce", "mb", "NWPU-RESISC45")].append(values)
+    # a run not evaluated yet: it counts in the validation table only
+    values = write_run(root / "b" / "NWPU-RESISC45-snca-mu-seed0", "snca", "mu", "NWPU-RESISC45", 0, rng, 3, False)
+    generated[("snca", "mu", "NWPU-RESISC45")] = [values]
+    out = root / "tables"
+    done = subprocess.run([sys.executable, MAKE_TABLES, str(root / "a"), str(root / "b"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return out, generated, done.stdout
+
+
+def read_markdown(path):
+    """{table title: {method: {column: cell}}} of the Markdown tables in ``path``."""
+    found, title, header = {}, None, None
+    with open(path) as f:
+        text = f.read()
+    for line in text.splitlines():
+        if line.startswith("## "):
+            title, header = line[3:], None
+            found[title] = {}
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if header is None:
+                header = cells
+            else:
+                found[title][cells[0]] = dict(zip(header, cells))
+    return found
+
+
+def test_csv_holds_mean_sample_std_and_count_per_group_as_numpy(tables):
+    out, generated, stdout = tables
+    assert str(out) in stdout
+    with open(out / "tables.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["method", "dataset", "metric", "mean", "std", "n"]
+    names = {**METHODS, ("snca", "mu"): "SNCA (MU)"}
+    expected = {}
+    for (method, memory, dataset), runs in generated.items():
+        for metric in runs[0]:
+            values = np.array([run[metric] for run in runs])
+            std = values.std(ddof=1) if len(values) > 1 else np.nan
+            expected[(names[method, memory], dataset, metric)] = (values.mean(), std, len(values))
+    got = {(r["method"], r["dataset"], r["metric"]): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
+    assert got.keys() == expected.keys()
+    for key, (mean, std, n) in expected.items():
+        assert got[key][0] == pytest.approx(mean, rel=1e-12) and got[key][2] == n, key
+        assert got[key][1] == pytest.approx(std, rel=1e-12, nan_ok=True), key
+    assert expected[("SNCA-CE (MB)", "NWPU-RESISC45", "knn.10.overall")][2] == 4  # the lying folder joined NWPU
+    assert expected[("SNCA-CE (MB)", "AID", "knn.10.overall")][2] == 3
+
+
+def test_markdown_tables_show_percent_cells_rows_in_paper_order_and_seed_counts(tables):
+    out, generated, _ = tables
+    found = read_markdown(out / "tables.md")
+    knn, validation = (next(found[t] for t in found if t.startswith(p)) for p in ("kNN", "Validation"))
+    assert list(knn) == ["SNCA-CE (MB)", "SNCA-CE (MU)", "Triplet"]  # the unevaluated SNCA (MU) run is not here
+    assert list(validation) == ["SNCA-CE (MB)", "SNCA-CE (MU)", "SNCA (MU)", "Triplet"]
+    for (method, memory, dataset), metric, column, table in [
+        (("snca-ce", "mb", "NWPU-RESISC45"), "knn.10.overall", "NWPU-RESISC45 kNN@10 OA", knn),
+        (("triplet", "mb", "AID"), "knn.1.average", "AID kNN@1 AA", knn),
+        (("snca-ce", "mu", "AID"), "val.knn_acc.best", "AID val best", validation),
+    ]:
+        values = 100 * np.array([run[metric] for run in generated[method, memory, dataset]])
+        row = table[METHODS[method, memory]]
+        assert row[column] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+        assert row[f"{dataset} n"] == str(len(values))
+    assert validation["SNCA (MU)"]["NWPU-RESISC45 n"] == "1" and validation["SNCA (MU)"]["AID n"] == "0"
+    mean_ap = next(found[t] for t in found if "mean average precision" in t)
+    assert {"AID mAP@20", "AID ANMRR", "NWPU-RESISC45 R-prec."} <= set(mean_ap["Triplet"])
+
+
+@pytest.mark.parametrize("name", ["learning_curves.png", "pr_curves.png"])
+def test_figures_are_png_images(tables, name):
+    out, _, _ = tables
+    with Image.open(out / name) as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 300
+        image.verify()
+
+
+SCRIPTS = {  # script: its datasets; each trains every one of RUNS per dataset and seed
+    "paper_table_knn.sh": DATASETS, "paper_table_retrieval.sh": DATASETS, "paper_table_clustering.sh": DATASETS,
+    "paper_fig_pr_curves.sh": DATASETS, "paper_fig4_learning_curves.sh": ("NWPU-RESISC45",),
+}
+RUNS = {("train_SNCA_CE", m) for m in ("snca-ce", "snca", "d-cnn", "triplet")} | {
+    ("train_SNCA_CE_MC", m) for m in ("snca-ce", "snca")}
+
+
+def dry_run(script, tmp_path):
+    env = dict(os.environ, DRY_RUN="1", DATA="/nonexistent", SEEDS="2", EPOCHS="1", OUT=str(tmp_path / "out"))
+    return subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=env, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_paper_script_dry_run_prints_one_train_and_eval_per_method_dataset_seed(script, tmp_path):
+    done = dry_run(script, tmp_path)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+    train = [c for c in commands if c[1].startswith("train_SNCA_CE")]
+    evaluate = [c for c in commands if c[1] == "scripts/evaluate.py"]
+    groups = 2 * len(SCRIPTS[script])  # SEEDS=2 x datasets
+    assert sum(c[1] == "train_SNCA_CE/main.py" for c in train) == 4 * groups  # SNCA-CE, SNCA, D-CNN, Triplet
+    assert sum(c[1] == "train_SNCA_CE_MC/main.py" for c in train) == 2 * groups  # SNCA-CE, SNCA
+    assert len(evaluate) == 6 * groups and len(train) + len(evaluate) + 1 == len(commands)
+    assert commands[-1] == ["python3", "scripts/make_tables.py", str(tmp_path / "out")]
+    seen = set()
+    for command, evaluated in zip(train, evaluate):
+        flags = dict(zip(command[2::2], command[3::2]))
+        entry, memory = command[1].split("/")[0], "mu" if command[1].startswith("train_SNCA_CE_MC") else "mb"
+        name = f"{flags['--dataset']}-{flags['--method']}-{memory}-seed{flags['--seed']}"
+        assert flags["--data"] == "/nonexistent" and flags["--epochs"] == "1" and flags["--run-name"] == name
+        assert flags["--out"] == str(tmp_path / "out") and evaluated[2] == str(tmp_path / "out" / name)
+        seen.add((entry, flags["--method"], flags["--dataset"], flags["--seed"]))
+    assert seen == {(*run, dataset, seed) for run in RUNS for dataset in SCRIPTS[script] for seed in ("0", "1")}
+    assert not (tmp_path / "out").exists()
+
+
+def test_paper_scripts_skip_evaluated_runs_and_resume_unfinished_ones(tmp_path):
+    done_run = tmp_path / "out" / "NWPU-RESISC45-snca-ce-mu-seed0"
+    os.makedirs(done_run / "eval" / "test")
+    (done_run / "eval" / "test" / "results.json").write_text("{}")
+    os.makedirs(tmp_path / "out" / "NWPU-RESISC45-triplet-mb-seed1" / "checkpoints")
+    (tmp_path / "out" / "NWPU-RESISC45-triplet-mb-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
+    os.makedirs(tmp_path / "out" / "NWPU-RESISC45-d-cnn-mb-seed1")  # no checkpoint yet: not resumable
+    done = dry_run("paper_fig4_learning_curves.sh", tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("+ python3 train_SNCA_CE")]
+    assert len(lines) == 11 and not any("--run-name NWPU-RESISC45-snca-ce-mu-seed0" in line for line in lines)
+    resumed = [line for line in lines if "--resume" in line]
+    assert resumed == [next(line for line in lines if "triplet" in line and "seed 1" in line)]
+    assert resumed[0].endswith(f"--resume {tmp_path / 'out' / 'NWPU-RESISC45-triplet-mb-seed1'}")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_paper_script_without_data_fails_naming_it(script, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DATA"}
+    done = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=dict(env, DRY_RUN="1"),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "DATA" in done.stderr and "+ " not in done.stdout
