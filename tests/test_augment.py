@@ -79,7 +79,7 @@ def test_single_blend_op_equals_torchvision(name):
     x = float_images()
     factors = torch.linspace(1 - JITTER, 1 + JITTER, len(x))
     factors[0] = 1.0
-    out = getattr(augment, "_" + name)(x, factors)
+    out = getattr(augment, f"_{name}_")(x.clone(), factors)  # writes into its argument
     op = TF_OPS[NAMES.index(name)]
     expected = torch.stack([op(x[i], float(factors[i])) for i in range(len(x))])
     torch.testing.assert_close(out, expected, rtol=0, atol=ATOL)
@@ -90,7 +90,7 @@ def test_hue_equals_torchvision_including_negative_shifts_and_gray():
     factors = torch.linspace(-0.5, 0.5, len(x))  # the whole range torchvision accepts, both ends included
     factors[:3] = torch.tensor([-0.4, 0.4, -0.13])  # the gray images
     factors[8] = 0.3
-    out = augment._hue(x, factors)
+    out = augment._hue_(x.clone(), factors)
     expected = torch.stack([TF.adjust_hue(x[i], float(factors[i])) for i in range(len(x))])
     # identical arithmetic element by element: no tolerance needed beyond float32 rounding
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
@@ -100,7 +100,7 @@ def test_hue_equals_torchvision_including_negative_shifts_and_gray():
 def test_hue_wraps_to_exactly_one():
     """A hue just below 0 wraps to ``(h + shift) % 1.0 == 1.0`` in float32: that is sector 0 again, not 5."""
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # hue 0
-    out = augment._hue(red, torch.tensor([-1e-9]))
+    out = augment._hue_(red.clone(), torch.tensor([-1e-9]))
     assert torch.equal(out, TF.adjust_hue(red[0], -1e-9).unsqueeze(0))
     torch.testing.assert_close(out, red, rtol=0, atol=1e-6)
 
@@ -110,7 +110,7 @@ def test_hue_against_colorsys():
     pixels = [(0.9, 0.1, 0.12), (0.1, 0.8, 0.3), (0.2, 0.3, 0.95), (1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0)]
     for shift in (-0.4, -0.25, 0.0, 0.1, 0.4):
         img = torch.tensor(pixels).T.reshape(1, 3, 1, len(pixels))
-        out = augment._hue(img, torch.tensor([shift]))[0, :, 0].T
+        out = augment._hue_(img, torch.tensor([shift]))[0, :, 0].T
         for pixel, got in zip(pixels, out.tolist()):
             h, s, v = colorsys.rgb_to_hsv(*pixel)
             assert got == pytest.approx(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v), abs=1e-5)
