@@ -6,11 +6,20 @@ augmentation and normalisation then run on the whole batch there (``datasets.aug
 """
 import math
 import signal
+from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from datasets.folder import SceneDataset
+
+
+def collate(samples, size):
+    """``default_collate``, which also takes an empty list: the empty part of a batch smaller than the world."""
+    if not samples:
+        nothing = torch.empty(0, dtype=torch.long)
+        return torch.empty(0, 3, size, size, dtype=torch.uint8), nothing, nothing
+    return default_collate(samples)
 
 
 def ignore_interrupts(worker_id):
@@ -20,20 +29,36 @@ def ignore_interrupts(worker_id):
 
 class Batches:
     """The batch order: a new permutation per pass drawn from ``generator`` when shuffling (the training
-    loop reseeds it every epoch), the dataset order otherwise; the last partial batch is kept."""
+    loop reseeds it every epoch), the dataset order otherwise; the last partial batch is kept.
 
-    def __init__(self, labels, batch_size, device, shuffle=False, generator=None):
+    Under torchrun every rank draws the same global batches and yields its ``rank``-th part of each
+    (``torch.tensor_split`` over ``world_size``, as ``lib.distributed.shard_batch``): every image once per
+    pass, by one rank. A batch with fewer images than ranks leaves some ranks an empty part, yielded as such.
+    """
+
+    def __init__(self, labels, batch_size, device, shuffle=False, generator=None, rank=0, world_size=1):
         self.labels = torch.as_tensor(labels, dtype=torch.long).cpu()            # (N,)
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def batch_indices(self, start=0):
-        """The pass's batches of dataset indices, from batch ``start`` on (a run resumed mid-epoch)."""
+        """The pass's (global) batches of dataset indices, from batch ``start`` on (a run resumed mid-epoch)."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         return order.split(self.batch_size)[start:]
+
+    def shard_indices(self, start=0):
+        """This rank's part of each of the pass's batches (all of it in one process)."""
+        if self.world_size == 1:
+            return self.batch_indices(start)
+        return [indices.tensor_split(self.world_size)[self.rank] for indices in self.batch_indices(start)]
+
+    def global_size(self, step):
+        """The number of images in batch ``step``, over all ranks."""
+        return min(self.batch_size, len(self.labels) - step * self.batch_size)
 
     def __iter__(self):
         return self.iterate()
@@ -42,13 +67,13 @@ class Batches:
 class TensorBatches(Batches):
     """Batches gathered from decoded images held in CPU memory or on the device."""
 
-    def __init__(self, images, labels, batch_size, device, shuffle=False, generator=None):
-        super().__init__(labels, batch_size, device, shuffle, generator)
+    def __init__(self, images, labels, batch_size, device, shuffle=False, generator=None, rank=0, world_size=1):
+        super().__init__(labels, batch_size, device, shuffle, generator, rank, world_size)
         self.images = images                                                     # (N, 3, S, S) uint8
 
     def iterate(self, start=0):
         pin = self.device.type == "cuda" and self.images.device.type == "cpu"
-        for indices in self.batch_indices(start):                                # (B,)
+        for indices in self.shard_indices(start):                                # (B,)
             images = self.images[indices.to(self.images.device)]                 # (B, 3, S, S)
             if pin:
                 images = images.pin_memory()
@@ -63,16 +88,18 @@ class TensorBatches(Batches):
 class DecodingBatches(Batches):
     """The same batches, decoded from the files in every pass by ``num_workers`` processes (``--cache none``)."""
 
-    def __init__(self, samples, size, batch_size, device, num_workers, shuffle=False, generator=None):
+    def __init__(self, samples, size, batch_size, device, num_workers, shuffle=False, generator=None, rank=0,
+                 world_size=1):
         self.dataset = SceneDataset(samples, size)
-        super().__init__(self.dataset.targets, batch_size, device, shuffle, generator)
-        self.num_workers = num_workers
+        super().__init__(self.dataset.targets, batch_size, device, shuffle, generator, rank, world_size)
+        self.num_workers, self.size = num_workers, size
 
     def iterate(self, start=0):
         # The loader's own generator keeps it from drawing on the global RNG that augmentation uses.
-        loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in self.batch_indices(start)],
+        loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in self.shard_indices(start)],
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator(), worker_init_fn=ignore_interrupts)
+                            collate_fn=partial(collate, size=self.size), generator=torch.Generator(),
+                            worker_init_fn=ignore_interrupts)
         for images, labels, indices in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device), indices.to(self.device)
 

@@ -53,7 +53,8 @@ def get_args_parser(memory="mb"):
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, default=130, help="paper: 130")
-    optim.add_argument("-b", "--batch-size", type=int, default=256, help="paper: 256")
+    optim.add_argument("-b", "--batch-size", type=int, default=256,
+                       help="global batch size: under torchrun the ranks split each batch; paper: 256 (one GPU)")
     optim.add_argument("--lr", type=float, default=0.1, help="SGD learning rate; paper: 0.1")
     optim.add_argument("--lr-step", type=int, default=30, help="epochs between learning-rate decays; paper: 30")
     optim.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate decay factor; paper: 0.5")
@@ -86,6 +87,10 @@ def get_args_parser(memory="mb"):
     else:
         method.add_argument("--ema-momentum", type=float, default=0.999,
                             help="key-encoder EMA momentum; paper: 0.999")
+        method.add_argument("--key-bn", default="sync", choices=("sync", "shuffle"),
+                            help="under torchrun, the key encoder's BatchNorm batch: sync, the whole global batch "
+                            "(the paper's one-GPU setting, exactly); shuffle, MoCo's shuffle-BN across ranks. "
+                            "One process: the whole batch either way")
 
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0,
@@ -94,6 +99,9 @@ def get_args_parser(memory="mb"):
     run.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
                      help="mixed precision of the network (default: bf16 on CUDA, none elsewhere); "
                      "the SNCA loss, the memory and kNN stay float32")
+    run.add_argument("--sync-bn", action="store_true",
+                     help="under torchrun, BatchNorm over the global batch (SyncBatchNorm) as on the paper's one GPU, "
+                     "instead of over each rank's part; no effect in one process")
     run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                      help="storage of the memory (read as float32); half types halve it for very large datasets")
     run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")

@@ -6,7 +6,7 @@ import pickle
 import torch
 
 from lib.errors import InputError
-from lib.utils import rng_state
+from lib.utils import rng_state, set_rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
 MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size")
@@ -72,24 +72,31 @@ def check_compatible(checkpoint, args, num_train, num_classes):
 
 
 def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_acc, args, num_train, num_classes,
-                   position=None):
+                   position=None, world_size=1, device=None):
     """Everything a run needs to continue after ``epoch`` completed epochs (and, for a run stopped inside
-    the next one, ``position`` = (steps done, loss sums, images seen)), as state dicts and plain values."""
+    the next one, ``position`` = (steps done, loss sums, images seen)), as state dicts and plain values.
+
+    The same for any number of ranks (``model`` is the bare network, not its DistributedDataParallel
+    wrapper; the memory is whole), so a run resumes on another number of GPUs; ``world_size`` is a record.
+    """
     step, totals, seen = position or (0, None, 0)
+    rng = rng_state()
+    if device is not None and device.type == "cuda":  # the training device's own stream, whatever its index
+        rng["device"] = torch.cuda.get_rng_state(device)
     return {"model": model.state_dict(), "memory": memory.state_dict() if memory is not None else None,
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
             "epoch": epoch, "step": step, "loss_sums": None if totals is None else totals.cpu(), "seen": seen,
             "best_acc": best_acc, "args": vars(args), "num_train": num_train, "num_classes": num_classes,
-            "rng": rng_state()}
+            "rng": rng, "world_size": world_size}
 
 
 def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, scaler, device):
     """The inverse of ``training_state``: returns (completed epochs, best accuracy, position or None).
 
     The random generators are not set here: a run reseeds them every epoch, and one resumed inside an
-    epoch sets ``checkpoint["rng"]`` after that epoch's seeding (``lib.utils.set_rng_state``).
+    epoch sets them after that epoch's seeding (``restore_rng``).
     """
     model.load_state_dict(checkpoint["model"])
     if memory is not None:
@@ -103,3 +110,11 @@ def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, sc
     if checkpoint["step"]:
         position = (checkpoint["step"], checkpoint["loss_sums"].to(device), checkpoint["seen"])
     return checkpoint["epoch"], checkpoint["best_acc"], position
+
+
+def restore_rng(checkpoint, device):
+    """The generators as saved (by rank 0, for every rank); the training GPU continues the saved training GPU's
+    stream even when its index differs (rank 3 on cuda:3 resuming what rank 0 saved on cuda:0)."""
+    set_rng_state(checkpoint["rng"])
+    if "device" in checkpoint["rng"] and device.type == "cuda":
+        torch.cuda.set_rng_state(checkpoint["rng"]["device"], device)

@@ -7,6 +7,9 @@ exactly as one process would. Sharding the memory instead would turn the loss ag
 a collective at every step; the memory is small (NWPU-RESISC45: 22,005 x 128 float32 = 11 MB), so that
 is only worth it when the memory no longer fits one GPU. With one process every helper is the identity
 and ``torch.distributed`` is never touched.
+
+Also here: the agreement helpers of the engine (rank 0 decides, ranks take turns, flags reduced over
+ranks). The network across ranks (DDP, SyncBN, shuffle-BN) is ``lib.parallel``.
 """
 import os
 from typing import NamedTuple
@@ -15,6 +18,7 @@ import torch
 import torch.distributed as torch_dist
 
 from lib.device import resolve_device
+from lib.errors import InputError
 from lib.knn import CHUNK_ELEMENTS, knn_predict
 
 INT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, by bytes
@@ -46,6 +50,11 @@ def init_distributed(device_arg=None):
     else:
         torch_dist.init_process_group("gloo", rank=rank, world_size=world_size)
     return Dist(rank, world_size, local_rank, device, rank == 0)
+
+
+def single_process(device):
+    """The ``Dist`` of a run that torchrun did not start."""
+    return Dist(0, 1, 0, device, True)
 
 
 def cleanup(dist):
@@ -149,3 +158,44 @@ def barrier(dist):
     """Wait until every rank arrives here."""
     if dist.world_size > 1:
         torch_dist.barrier()
+
+
+def on_main(dist, fn, *args):
+    """``fn(*args)`` run by rank 0 alone (a check of every file, a new run folder's name), its result or its
+    InputError on every rank, so that all ranks go on or stop together."""
+    result, error = None, None
+    if dist.is_main:
+        try:
+            result = fn(*args)
+        except InputError as raised:
+            error = raised
+    result, error = broadcast_object((result, error), dist)
+    if error is not None:
+        raise error
+    return result
+
+
+def in_turn(dist, fn, *args):
+    """``fn(*args)`` on every rank: rank 0 first, then the first rank of each other node, then the rest, with a
+    barrier between; what the first writes (a download, the decoded-image cache, the synthetic dataset) the later
+    ones find, on a shared or a node-local disk, and no two ranks write the same file at once."""
+    turn = 0 if dist.is_main else 1 if dist.local_rank == 0 else 2
+    result = None
+    for now in range(3):
+        if now == turn:
+            result = fn(*args)
+        barrier(dist)
+    return result
+
+
+def reduce_over_ranks(tensor, dist, op="sum"):
+    """The elementwise sum (or with ``op='max'``, maximum) over ranks, on every rank; ``tensor`` in one process."""
+    if dist.world_size > 1:
+        tensor = tensor.to(dist.device).clone()
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.MAX if op == "max" else torch_dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag, dist):
+    """True on every rank when ``flag`` (a stop request) is true on any; ``bool(flag)`` read once per call."""
+    return bool(reduce_over_ranks(torch.tensor([int(bool(flag))]), dist, "max"))

@@ -1,4 +1,9 @@
-"""The training program shared by both entry points; they differ only by ``--memory`` (MB or MU)."""
+"""The training program shared by both entry points; they differ only by ``--memory`` (MB or MU).
+
+One process, or one rank of a ``torchrun`` launch (``lib.distributed``): every rank builds the same model,
+memory and batch order from the seed, trains on its part of each global batch and applies the whole batch's
+memory update; rank 0 alone writes the run folder and the checkpoints.
+"""
 import os
 import signal
 import sys
@@ -6,30 +11,40 @@ import time
 
 import torch
 
-from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
-from datasets.check import check_dataset, summary
-from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from lib.args import get_args_parser
 from lib.checkpoint import (
     check_compatible,
     load_state,
     resolve_resume,
+    restore_rng,
     restore_training_state,
     save_checkpoint,
     training_state,
 )
-from lib.device import resolve_device, resolve_precision
+from lib.data import checked_splits, make_batches, resolve_data
+from lib.device import resolve_precision
+from lib.distributed import (
+    any_rank,
+    assert_same_on_all_ranks,
+    barrier,
+    cleanup,
+    in_turn,
+    init_distributed,
+    memory_checksum,
+    on_main,
+    reduce_over_ranks,
+)
 from lib.errors import InputError, one_line
 from lib.interrupt import StopRequest, TrainingInterrupted
 from lib.memory import KeyEncoder, Memory
-from lib.run import REPO, RunLog, run_folder
+from lib.parallel import data_parallel, sync_batch_norm, sync_buffers
+from lib.run import RunLog, run_folder
 from lib.schedules import memory_momentum, step_lr
-from lib.train import NonFiniteError, train_one_epoch, validate
+from lib.train import WITH_CE, NonFiniteError, train_one_epoch, validate
 from lib.triplet_loss import sample_triplets
-from lib.utils import epoch_seed, seed_everything, set_rng_state
+from lib.utils import epoch_seed, seed_everything
 from models import EmbeddingNet, trunk_weights
 
-CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
 # TensorBoard tag -> metric; a metric a method does not have (no memory: no bank kNN) is not logged.
 SCALARS = {**{f"train/{k}": k for k in ("loss", "loss_snca", "loss_dcnn", "loss_triplet", "loss_ce", "lr",
                                          "memory_momentum")},
@@ -51,139 +66,115 @@ def main(memory):
     args = get_args_parser(memory).parse_args()
     try:
         train(args)
-    except (InputError, NonFiniteError) as error:
-        sys.exit(f"error: {one_line(error)}")
+    except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
+        sys.exit(f"error: {one_line(error)}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
-def stopped(log, stop, where):
-    """Leave after a stop request, saying how to continue; exit status 128 + the signal number."""
-    log.close()
-    print(f"stopped by {signal.Signals(stop.signal).name} at {where}; {log.checkpoints}/last.pt holds it. "
-          f"Continue with the same command and --resume {log.folder}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + stop.signal)
+def stopped(log, stop, where, dist):
+    """Leave after a stop request, saying how to continue; exit status 128 + the signal number on every rank."""
+    number = int(reduce_over_ranks(torch.tensor([stop.signal or 0]), dist, "max"))
+    if dist.is_main:
+        log.close()
+        print(f"stopped by {signal.Signals(number).name} at {where}; {log.checkpoints}/last.pt holds it. "
+              f"Continue with the same command and --resume {log.folder}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + number)
 
 
-def resolve_data(args):
-    """Fill in the dataset defaults; generate the synthetic dataset when it is asked for. Returns its root."""
-    if args.dataset is None:
-        args.dataset = "synthetic" if args.data is None else "UCMerced_LandUse"
-    if args.data is None:
-        if args.dataset != "synthetic":
-            raise InputError(f"--dataset {args.dataset} needs --data, the folder that holds it")
-        args.data = os.path.join(REPO, "data")
-    if args.imgEXT is None:
-        args.imgEXT = PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif"
-    if not os.path.isdir(args.data) and args.dataset != "synthetic":
-        raise InputError(f"--data {args.data}: no such folder")
-    if args.dataset == "synthetic":
-        make_synthetic(os.path.join(args.data, args.dataset))
-    return dataset_root(args.data, args.dataset)
+def check_world(args, dist):
+    """Refuse, before anything starts, what a torchrun launch cannot train as one process would."""
+    if dist.world_size == 1:
+        return
+    if args.batch_size < dist.world_size:
+        raise InputError(f"-b {args.batch_size} is the global batch: it needs at least one image for each of the "
+                         f"{dist.world_size} ranks")
+    if args.method == "d-cnn":
+        raise InputError("--method d-cnn compares the images of a batch pairwise, which under torchrun would span "
+                         "ranks: train it in one process")
 
 
-def checked_splits(root, args):
-    """The reference split, after the start-up check of every file (``--check-images``): problems are
-    reported, unreadable files stop the run by name unless ``--skip-bad-images`` leaves them out."""
-    report = {"bad": [], "problems": []}
-    if args.check_images != "none":
-        report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images)
-        for line in summary(report, root):
-            print(f"warning: {line}", file=sys.stderr)
-    if report["bad"] and not args.skip_bad_images:
-        named = "; ".join(f"{os.path.relpath(p, root)} ({kind}{': ' + detail if detail else ''})"
-                          for kind, p, detail in report["problems"] if p in report["bad"])
-        raise InputError(f"{len(report['bad'])} unreadable image(s) in {root}: {named}. Leave them out with "
-                         "--skip-bad-images, or see everything with scripts/check_dataset.py")
-    splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed, exclude=report["bad"])
-    num_images = sum(len(splits[s]) for s in ("train", "val", "test")) + len(report["bad"])
-    if mismatch := preset_mismatch(args.dataset, len(splits["classes"]), num_images):
-        print(f"warning: {mismatch}", file=sys.stderr)
-    return splits, report
-
-
-def cache_place(args, device, num_images):
-    """Where decoded images live: ``--cache``, with auto = the device when they fill under half its free memory."""
-    if args.cache != "auto":
-        return args.cache
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        if num_images * 3 * args.image_size**2 < free * CACHE_DEVICE_SHARE:
-            return "device"
-    return "memory"
-
-
-def make_batches(splits, args, device):
-    """Train batches (shuffled per epoch by the returned generator, last partial batch kept) and eval
-    batches of the validation and training splits, all as uint8 images on ``device``."""
-    if not splits["val"]:
-        raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
-                         "images give no validation image")
-    generator = torch.Generator()
-    place = cache_place(args, device, len(splits["train"]) + len(splits["val"]))
-    if place == "none":
-        def batches(split, batch_size, **shuffle):
-            return DecodingBatches(splits[split], args.image_size, batch_size, device, args.num_workers, **shuffle)
-    else:
-        store = device if place == "device" else torch.device("cpu")
-        images = {split: decoded_images(splits[split], args.image_size, args.num_workers, args.cache_dir).to(store)
-                  for split in ("train", "val")}
-
-        def batches(split, batch_size, **shuffle):
-            return TensorBatches(images[split], [label for _, label in splits[split]], batch_size, device, **shuffle)
-    train = batches("train", args.batch_size, shuffle=True, generator=generator)
-    return train, batches("val", args.eval_batch_size), batches("train", args.eval_batch_size), generator
+def open_run_folder(args, dist, start_epoch, splits, report, root, **facts):
+    """The run folder (rank 0's name, the same on every rank: the default is a timestamp) and, on rank 0, its
+    RunLog with the arguments, the split and the dataset check written (None elsewhere)."""
+    folder = on_main(dist, run_folder, args)
+    if not dist.is_main:
+        return folder, None
+    log = RunLog(folder, done_epochs=start_epoch)
+    log.write_args(args, **facts)
+    log.write_splits(splits, root)
+    log.write_json("dataset_check.json", report)
+    return folder, log
 
 
 def train(args):
-    # ---------------- set-up: device, seeds, resumed state ----------------
-    device = resolve_device(args.device)
+    """The whole run in this process: alone, or as one rank of a torchrun launch."""
+    dist = init_distributed(args.device)
+    try:
+        return train_ranks(args, dist)
+    finally:
+        cleanup(dist)
+
+
+def train_ranks(args, dist):
+    # ---------------- set-up: device, seeds (the same on every rank), resumed state ----------------
+    device = dist.device
     precision = resolve_precision(device, args.amp)
     seed_everything(args.seed)
+    check_world(args, dist)
     if args.resume:
-        args.resume = resolve_resume(args.resume, args.out, args.run_name)
-    checkpoint = load_state(args.resume) if args.resume else None
+        args.resume = on_main(dist, resolve_resume, args.resume, args.out, args.run_name)
+    checkpoint = load_state(args.resume) if args.resume else None  # every rank reads it
 
     # ---------------- data: the reference split of the folder dataset, decoded once ----------------
-    root = resolve_data(args)
-    splits, report = checked_splits(root, args)
+    root = in_turn(dist, resolve_data, args)
+    splits, report = checked_splits(root, args, dist)
     num_train, num_classes = len(splits["train"]), len(splits["classes"])
     if num_classes < 2:
         raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
     if checkpoint is not None:
         check_compatible(checkpoint, args, num_train, num_classes)
-    weights = None if checkpoint else trunk_weights(args.model, args.pretrained, args.weights)  # before decoding
-    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, device)
+    # The trunk weights before decoding (a missing download fails early); rank 0 fetches them first.
+    weights = None if checkpoint else in_turn(dist, trunk_weights, args.model, args.pretrained, args.weights)
+    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, dist)
 
-    # ---------------- model, memory, key encoder, optimiser ----------------
-    model = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
+    # ---------------- model, memory, key encoder, optimiser; DDP around the network ----------------
+    net = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
     memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device) \
         if uses_memory(args) else None
-    key_encoder = KeyEncoder(model) if args.memory == "mu" else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
+    key_encoder = KeyEncoder(net, dist, args.key_bn) if args.memory == "mu" else None
+    if args.sync_bn:
+        net = sync_batch_norm(net, dist)
+    if not WITH_CE[args.method]:  # FC2 gets no gradient without L_CE: frozen, DDP does not wait for one
+        net.fc2.requires_grad_(False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
     start_epoch, best_acc, position = 0, -1.0, None
     if checkpoint is not None:
-        start_epoch, best_acc, position = restore_training_state(checkpoint, model, memory, key_encoder, optimizer,
+        start_epoch, best_acc, position = restore_training_state(checkpoint, net, memory, key_encoder, optimizer,
                                                                   precision.scaler, device)
+    model = data_parallel(net, dist)  # the net itself in one process
 
-    # ---------------- run folder ----------------
-    log = RunLog(run_folder(args), done_epochs=start_epoch)
-    log.write_args(args, device_used=str(device), num_train=num_train, num_classes=num_classes,
-                   torch_version=torch.__version__)
-    log.write_splits(splits, root)
-    log.write_json("dataset_check.json", report)
-    print(f"run folder {log.folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
-          f"{len(splits['test'])} train / val / test images, {device}")
+    # ---------------- run folder (rank 0 writes) ----------------
+    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, device_used=str(device),
+                                  world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
+                                  torch_version=torch.__version__)
+    if dist.is_main:
+        print(f"run folder {folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
+              f"{len(splits['test'])} train / val / test images, {device}"
+              + (f", {dist.world_size} ranks" if dist.world_size > 1 else ""))
+
+    def state(epoch, position=None):
+        return training_state(net, memory, key_encoder, optimizer, precision.scaler, epoch, best_acc, args, num_train,
+                              num_classes, position, dist.world_size, device)
 
     # ---------------- epochs: train, validate, log, checkpoint ----------------
-    last = os.path.join(log.checkpoints, "last.pt")
-    with StopRequest() as stop:
+    last = os.path.join(folder, "checkpoints", "last.pt")
+    with StopRequest(dist) as stop:
         for epoch in range(start_epoch, args.epochs):
             start = time.time()
             seed_everything(epoch_seed(args.seed, epoch))
             generator.manual_seed(epoch_seed(args.seed, epoch))
             if position is not None:  # resumed inside this epoch: its random draws continue where they were
-                set_rng_state(checkpoint["rng"])
+                restore_rng(checkpoint, device)
             lr = step_lr(epoch, args.lr, args.lr_step, args.lr_gamma)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -193,37 +184,43 @@ def train(args):
             try:
                 losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum,
                                          precision, desc=f"epoch {epoch + 1}/{args.epochs}", position=position,
-                                         stop=stop, triplets=triplets)
+                                         stop=stop, triplets=triplets, dist=dist)
             except TrainingInterrupted as where:
-                save_checkpoint(last, training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch,
-                                                     best_acc, args, num_train, num_classes,
-                                                     (where.step, where.totals, where.seen)))
-                stopped(log, stop, f"epoch {epoch + 1}, step {where.step} of {len(train_batches)}")
+                if dist.is_main:
+                    save_checkpoint(last, state(epoch, (where.step, where.totals, where.seen)))
+                barrier(dist)
+                stopped(log, stop, f"epoch {epoch + 1}, step {where.step} of {len(train_batches)}", dist)
             position = None
-            accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
+            sync_buffers(net, dist)  # every rank evaluates, and rank 0 saves, rank 0's BatchNorm statistics
+            if memory is not None and dist.world_size > 1:
+                assert_same_on_all_ranks(memory_checksum(memory.memory), dist, "the memory")
+            accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist)
             knn_acc = accuracy[own_reference(args)]
             is_best = knn_acc > best_acc
             best_acc = max(best_acc, knn_acc)
-            metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
-                       "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
-                       "best_knn_acc": best_acc, "time_s": time.time() - start}
-            log.log_epoch(metrics, SCALARS)
-            state = training_state(model, memory, key_encoder, optimizer, precision.scaler, epoch + 1, best_acc,
-                                   args, num_train, num_classes)
-            save_checkpoint(last, state)
-            if is_best:
-                save_checkpoint(os.path.join(log.checkpoints, "best.pt"), state)
-            terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses.items() if k != "loss")
-            references = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if v is not None)
-            print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} ({terms})  lr {lr:g}  "
-                  f"val kNN@{args.knn_k} {100 * knn_acc:.2f}% [{references}]  "
-                  f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
-            if stop and epoch + 1 < args.epochs:
-                stopped(log, stop, f"the end of epoch {epoch + 1}")
+            if dist.is_main:
+                metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
+                           "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
+                           "best_knn_acc": best_acc, "time_s": time.time() - start}
+                log.log_epoch(metrics, SCALARS)
+                saved = state(epoch + 1)
+                save_checkpoint(last, saved)
+                if is_best:
+                    save_checkpoint(os.path.join(log.checkpoints, "best.pt"), saved)
+                terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses.items() if k != "loss")
+                references = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if v is not None)
+                print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} ({terms})  lr {lr:g}  "
+                      f"val kNN@{args.knn_k} {100 * knn_acc:.2f}% [{references}]  "
+                      f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
+            barrier(dist)
+            if any_rank(stop, dist) and epoch + 1 < args.epochs:
+                stopped(log, stop, f"the end of epoch {epoch + 1}", dist)
     if start_epoch >= args.epochs:  # nothing left to train: report the current model
-        accuracy = validate(model, memory, val_batches, train_eval_batches, args.knn_k, precision)
-        print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
-              f"{100 * accuracy[own_reference(args)]:.2f}%")
-    log.close()
-    print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {log.folder}")
-    return log.folder
+        accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist)
+        if dist.is_main:
+            print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
+                  f"{100 * accuracy[own_reference(args)]:.2f}%")
+    if dist.is_main:
+        log.close()
+        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}")
+    return folder

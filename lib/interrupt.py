@@ -17,12 +17,17 @@ class TrainingInterrupted(Exception):
 class StopRequest:
     """Context manager that turns SIGINT / SIGTERM into a flag (truthy once a signal came).
 
-    The first signal restores the previous handlers, so a second one stops the process at once.
+    The first signal restores the previous handlers, so a second one stops the process at once. Under
+    torchrun (``dist`` of several ranks) every signal only sets the flag: torchrun passes the signal it gets
+    on to every worker, which a Ctrl-C in the terminal has reached already, and that copy must not kill a
+    rank while it saves; torchrun kills the workers still there after its ``--shutdown-timeout`` (30 s).
     """
 
-    def __init__(self):
+    def __init__(self, dist=None):
         self.signal = None
         self.previous = {}
+        self.keep_handlers = dist is not None and dist.world_size > 1
+        self.quiet = dist is not None and not dist.is_main
 
     def __enter__(self):
         self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
@@ -35,10 +40,15 @@ class StopRequest:
         return self.signal is not None
 
     def _handle(self, signum, frame):
+        if self.signal is not None:  # torchrun's copy of the signal that came
+            return
         self.signal = signum
-        self._restore()
-        print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving last.pt "
-              "(send it again to stop at once)", flush=True)
+        if not self.keep_handlers:
+            self._restore()
+        if not self.quiet:
+            again = "" if self.keep_handlers else " (send it again to stop at once)"
+            print(f"\n{signal.Signals(signum).name}: finishing the current step, then saving last.pt{again}",
+                  flush=True)
 
     def _restore(self):
         for s, handler in self.previous.items():

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lib.chunked_snca_loss import chunked_snca_loss
+from lib.parallel import shuffled_forward, sync_batch_norm
 from lib.snca_loss import snca_loss
 
 PLAIN_MAX_ELEMENTS = 2**24  # B x N logits up to 64 MB in float32 take the plain form; beyond, the chunked one
@@ -59,16 +60,24 @@ class KeyEncoder(nn.Module):
     Its forward runs without gradient with BatchNorm in training mode, so that its running
     statistics come from its own passes, as in the reference. On one device the reference's
     shuffle-BN (shuffle the batch, encode, un-shuffle) gives the same output, so it is not done.
+    Under torchrun (``dist`` of several ranks) ``key_bn`` picks the BatchNorm batch: 'sync', the whole
+    global batch, as one process (``lib.parallel.sync_batch_norm``); 'shuffle', MoCo's shuffle-BN
+    across ranks (``lib.parallel.shuffled_forward``).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, dist=None, key_bn="sync"):
         super().__init__()
         self.encoder = copy.deepcopy(model)
+        if dist is not None and key_bn == "sync":
+            self.encoder = sync_batch_norm(self.encoder, dist)
         self.encoder.requires_grad_(False)
+        self.shuffle_over = dist if dist is not None and dist.world_size > 1 and key_bn == "shuffle" else None
 
     @torch.no_grad()
     def forward(self, images):
         self.encoder.train()
+        if self.shuffle_over is not None:
+            return shuffled_forward(self.encoder, images, self.shuffle_over)
         return self.encoder(images)
 
     @torch.no_grad()

@@ -1,0 +1,101 @@
+"""The data of a run: the dataset folder (generated for the synthetic default), the start-up check of its
+files, the reference split, and the batches, decoded once and kept on the device or in memory (or decoded
+every epoch), each rank's part of every batch under torchrun."""
+import os
+import sys
+
+import torch
+
+from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
+from datasets.check import check_dataset, summary
+from datasets.presets import PRESETS, dataset_root, preset_mismatch
+from lib.distributed import in_turn, on_main
+from lib.errors import InputError
+from lib.run import REPO
+
+CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
+
+
+def resolve_data(args):
+    """Fill in the dataset defaults; generate the synthetic dataset when it is asked for. Returns its root."""
+    if args.dataset is None:
+        args.dataset = "synthetic" if args.data is None else "UCMerced_LandUse"
+    if args.data is None:
+        if args.dataset != "synthetic":
+            raise InputError(f"--dataset {args.dataset} needs --data, the folder that holds it")
+        args.data = os.path.join(REPO, "data")
+    if args.imgEXT is None:
+        args.imgEXT = PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif"
+    if not os.path.isdir(args.data) and args.dataset != "synthetic":
+        raise InputError(f"--data {args.data}: no such folder")
+    if args.dataset == "synthetic":
+        make_synthetic(os.path.join(args.data, args.dataset))
+    return dataset_root(args.data, args.dataset)
+
+
+def file_check(root, args):
+    """The start-up check of every file (``--check-images``): problems are reported, unreadable files stop the
+    run by name unless ``--skip-bad-images`` leaves them out. Returns the report."""
+    report = {"bad": [], "problems": []}
+    if args.check_images != "none":
+        report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
+                               args.skip_bad_images)
+        for line in summary(report, root):
+            print(f"warning: {line}", file=sys.stderr)
+    if report["bad"] and not args.skip_bad_images:
+        named = "; ".join(f"{os.path.relpath(p, root)} ({kind}{': ' + detail if detail else ''})"
+                          for kind, p, detail in report["problems"] if p in report["bad"])
+        raise InputError(f"{len(report['bad'])} unreadable image(s) in {root}: {named}. Leave them out with "
+                         "--skip-bad-images, or see everything with scripts/check_dataset.py")
+    return report
+
+
+def checked_splits(root, args, dist):
+    """The reference split, after the file check (made by rank 0 alone under torchrun, its report shared)."""
+    report = on_main(dist, file_check, root, args)
+    splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed, exclude=report["bad"])
+    num_images = sum(len(splits[s]) for s in ("train", "val", "test")) + len(report["bad"])
+    if (mismatch := preset_mismatch(args.dataset, len(splits["classes"]), num_images)) and dist.is_main:
+        print(f"warning: {mismatch}", file=sys.stderr)
+    return splits, report
+
+
+def cache_place(args, device, num_images):
+    """Where decoded images live: ``--cache``, with auto = the device when they fill under half its free memory."""
+    if args.cache != "auto":
+        return args.cache
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if num_images * 3 * args.image_size**2 < free * CACHE_DEVICE_SHARE:
+            return "device"
+    return "memory"
+
+
+def make_batches(splits, args, dist):
+    """Train batches (shuffled per epoch by the returned generator, last partial batch kept) and eval
+    batches of the validation and training splits, all as uint8 images on the device; under torchrun each
+    rank's part of every batch. Every rank decodes the splits itself; with ``--cache-dir`` rank 0 decodes
+    and writes the cache first, and the others read it."""
+    if not splits["val"]:
+        raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
+                         "images give no validation image")
+    device, generator = dist.device, torch.Generator()
+    shard = {"rank": dist.rank, "world_size": dist.world_size}
+    place = cache_place(args, device, len(splits["train"]) + len(splits["val"]))
+    if place == "none":
+        def batches(split, batch_size, **shuffle):
+            return DecodingBatches(splits[split], args.image_size, batch_size, device, args.num_workers, **shuffle,
+                                   **shard)
+    else:
+        def decode(samples):
+            return decoded_images(samples, args.image_size, args.num_workers, args.cache_dir)
+
+        store = device if place == "device" else torch.device("cpu")
+        images = {split: (in_turn(dist, decode, splits[split]) if args.cache_dir else decode(splits[split])).to(store)
+                  for split in ("train", "val")}
+
+        def batches(split, batch_size, **shuffle):
+            return TensorBatches(images[split], [label for _, label in splits[split]], batch_size, device, **shuffle,
+                                 **shard)
+    train = batches("train", args.batch_size, shuffle=True, generator=generator)
+    return train, batches("val", args.eval_batch_size), batches("train", args.eval_batch_size), generator
