@@ -40,3 +40,19 @@ train_and_eval() {
   run "${train[@]}"
   run python3 scripts/evaluate.py "$folder"
 }
+
+# all_paper_runs: the six methods of the paper on both datasets, every seed, for the tables and figures whose rows
+# carry no number of the paper's (the others list their rows with the paper's numbers beside them).
+all_paper_runs() {
+  local seed dataset
+  for seed in $(seq 0 $((SEEDS - 1))); do
+    for dataset in AID NWPU-RESISC45; do
+      train_and_eval train_SNCA_CE    snca-ce "$dataset" "$seed"
+      train_and_eval train_SNCA_CE_MC snca-ce "$dataset" "$seed"
+      train_and_eval train_SNCA_CE    snca    "$dataset" "$seed"
+      train_and_eval train_SNCA_CE_MC snca    "$dataset" "$seed"
+      train_and_eval train_SNCA_CE    d-cnn   "$dataset" "$seed"
+      train_and_eval train_SNCA_CE    triplet "$dataset" "$seed"
+    done
+  done
+}

@@ -12,18 +12,5 @@
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 
-for seed in $(seq 0 $((SEEDS - 1))); do
-  train_and_eval train_SNCA_CE    snca-ce AID           "$seed"
-  train_and_eval train_SNCA_CE_MC snca-ce AID           "$seed"
-  train_and_eval train_SNCA_CE    snca    AID           "$seed"
-  train_and_eval train_SNCA_CE_MC snca    AID           "$seed"
-  train_and_eval train_SNCA_CE    d-cnn   AID           "$seed"
-  train_and_eval train_SNCA_CE    triplet AID           "$seed"
-  train_and_eval train_SNCA_CE    snca-ce NWPU-RESISC45 "$seed"
-  train_and_eval train_SNCA_CE_MC snca-ce NWPU-RESISC45 "$seed"
-  train_and_eval train_SNCA_CE    snca    NWPU-RESISC45 "$seed"
-  train_and_eval train_SNCA_CE_MC snca    NWPU-RESISC45 "$seed"
-  train_and_eval train_SNCA_CE    d-cnn   NWPU-RESISC45 "$seed"
-  train_and_eval train_SNCA_CE    triplet NWPU-RESISC45 "$seed"
-done
+all_paper_runs  # every method on AID and NWPU-RESISC45, SEEDS seeds (scripts/paper_common.sh)
 run python3 scripts/make_tables.py "$OUT"
