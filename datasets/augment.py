@@ -151,18 +151,19 @@ def apply_params(images, params):
     return _apply_inplace(images.clone(), params)
 
 
-def train_augment(images_uint8, generator=None):
+def train_augment(images_uint8, generator=None, params=None):
     """The reference training transform (after the resize) on a uint8 (B,3,H,W) batch -> float32 (B,3,H,W).
 
-    The parameters are drawn for the whole batch first; on the CPU every step (``ToTensor``, the ops,
-    ``Normalize``) then runs on sub-batches of about 1 MB that stay in cache (at 256 px this is several
-    times faster than whole-batch passes through memory). The result does not depend on the sub-batch.
+    The parameters (``params``, or drawn here from ``generator``) cover the whole batch first; on the CPU
+    every step (``ToTensor``, the ops, ``Normalize``) then runs on sub-batches of about 1 MB that stay in
+    cache (at 256 px this is several times faster than whole-batch passes through memory). The result does
+    not depend on the sub-batch.
     """
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 image batch, got {images_uint8.dtype}")
-    params = draw_params(images_uint8.shape[0], images_uint8.device, generator)
+    params = params if params is not None else draw_params(images_uint8.shape[0], images_uint8.device, generator)
     out = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device)  # (B,3,H,W)
-    step = len(out) if out.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // max(1, out[0].numel()))
+    step = len(out) if out.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // max(1, out[0:1].numel()))
     mean = torch.tensor(IMAGENET_MEAN, device=out.device).view(1, 3, 1, 1)  # (1,3,1,1)
     std = torch.tensor(IMAGENET_STD, device=out.device).view(1, 3, 1, 1)  # (1,3,1,1)
     for start in range(0, len(out), step):

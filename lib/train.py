@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from datasets.augment import apply_params, draw_params, eval_preprocess, normalize, to_float, train_augment
+from datasets.augment import draw_params, eval_preprocess, train_augment
 from lib.dcnn_loss import dcnn_loss
 from lib.distributed import (
     all_gather_varlen,
@@ -104,7 +104,7 @@ def augment(images, size, dist, copies=1):
     rows = shard_batch(torch.arange(size, device=images.device), dist.rank, dist.world_size)    # (b,)
     rows = torch.cat([rows + copy * size for copy in range(copies)])                          # (copies * b,)
     params = {name: value[rows] for name, value in draw_params(copies * size, images.device).items()}
-    return normalize(apply_params(to_float(images), params))
+    return train_augment(images, params=params)
 
 
 def epoch_sums(totals, seen, dist):
