@@ -3,6 +3,9 @@
 Mixed precision is one flag: one autocast context and one gradient scaler, used the same way on
 every device; with ``--amp none`` both are disabled and change nothing.
 """
+import importlib.util
+import os
+import shutil
 from typing import NamedTuple
 
 import torch
@@ -34,3 +37,29 @@ def resolve_precision(device, amp=None):
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     return Precision(autocast, scaler, torch.channels_last)
+
+
+def check_compiler(device):
+    """Fail before training, not at the first step, when ``--compile`` cannot build kernels for ``device``:
+    TorchInductor writes C++ for the CPU and Triton for CUDA."""
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in (os.environ.get("CXX"), "g++", "c++", "clang++")
+                                        if cc):
+        raise InputError("--compile on the CPU needs a C++ compiler (g++ or clang++, or set CXX): install one, "
+                         "or train without --compile")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise InputError("--compile on CUDA needs the triton package (pip install triton), or train without --compile")
+
+
+def compile_network(model, key_encoder=None):
+    """``--compile``: the training forward and backward of ``model`` through ``torch.compile``, and the key
+    encoder's forward compiled in place (``nn.Module.compile`` keeps its state-dict keys).
+
+    What it returns is used for the training step alone: checkpoints, the key encoder's EMA (the same
+    parameters, in the same order) and the eager validation pass use the network itself. Shapes are static
+    (``dynamic=False``): the full batch and the epoch's last, smaller one compile once each, into the fastest
+    kernels for their size. Compiled kernels round differently from eager ones (within float32 tolerance:
+    ``tests/test_compile.py``), so a run and its resumption should both use the flag or both not.
+    """
+    if key_encoder is not None:
+        key_encoder.encoder.compile(dynamic=False)
+    return torch.compile(model, dynamic=False)
