@@ -5,7 +5,6 @@ memory and batch order from the seed, trains on its part of each global batch an
 memory update; rank 0 alone writes the run folder and the checkpoints.
 """
 import os
-import signal
 import sys
 import time
 
@@ -22,7 +21,7 @@ from lib.checkpoint import (
     training_state,
 )
 from lib.data import checked_splits, make_batches, resolve_data
-from lib.device import resolve_precision
+from lib.device import check_compiler, compile_network, resolve_precision
 from lib.distributed import (
     any_rank,
     assert_same_on_all_ranks,
@@ -32,13 +31,12 @@ from lib.distributed import (
     init_distributed,
     memory_checksum,
     on_main,
-    reduce_over_ranks,
 )
 from lib.errors import InputError, one_line
-from lib.interrupt import StopRequest, TrainingInterrupted
+from lib.interrupt import StopRequest, TrainingInterrupted, stopped
 from lib.memory import KeyEncoder, Memory
 from lib.parallel import data_parallel, sync_batch_norm, sync_buffers
-from lib.run import RunLog, run_folder
+from lib.run import open_run_folder
 from lib.schedules import memory_momentum, step_lr
 from lib.train import WITH_CE, NonFiniteError, train_one_epoch, validate
 from lib.triplet_loss import sample_triplets
@@ -70,16 +68,6 @@ def main(memory):
         sys.exit(f"error: {one_line(error)}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
-def stopped(log, stop, where, dist):
-    """Leave after a stop request, saying how to continue; exit status 128 + the signal number on every rank."""
-    number = int(reduce_over_ranks(torch.tensor([stop.signal or 0]), dist, "max"))
-    if dist.is_main:
-        log.close()
-        print(f"stopped by {signal.Signals(number).name} at {where}; {log.checkpoints}/last.pt holds it. "
-              f"Continue with the same command and --resume {log.folder}", file=sys.stderr, flush=True)
-    raise SystemExit(128 + number)
-
-
 def check_world(args, dist):
     """Refuse, before anything starts, what a torchrun launch cannot train as one process would."""
     if dist.world_size == 1:
@@ -90,19 +78,6 @@ def check_world(args, dist):
     if args.method == "d-cnn":
         raise InputError("--method d-cnn compares the images of a batch pairwise, which under torchrun would span "
                          "ranks: train it in one process")
-
-
-def open_run_folder(args, dist, start_epoch, splits, report, root, **facts):
-    """The run folder (rank 0's name, the same on every rank: the default is a timestamp) and, on rank 0, its
-    RunLog with the arguments, the split and the dataset check written (None elsewhere)."""
-    folder = on_main(dist, run_folder, args)
-    if not dist.is_main:
-        return folder, None
-    log = RunLog(folder, done_epochs=start_epoch)
-    log.write_args(args, **facts)
-    log.write_splits(splits, root)
-    log.write_json("dataset_check.json", report)
-    return folder, log
 
 
 def train(args):
@@ -120,6 +95,8 @@ def train_ranks(args, dist):
     precision = resolve_precision(device, args.amp)
     seed_everything(args.seed)
     check_world(args, dist)
+    if args.compile:
+        check_compiler(device)
     if args.resume:
         args.resume = on_main(dist, resolve_resume, args.resume, args.out, args.run_name)
     checkpoint = load_state(args.resume) if args.resume else None  # every rank reads it
@@ -152,6 +129,8 @@ def train_ranks(args, dist):
         start_epoch, best_acc, position = restore_training_state(checkpoint, net, memory, key_encoder, optimizer,
                                                                   precision.scaler, device)
     model = data_parallel(net, dist)  # the net itself in one process
+    if args.compile:
+        model = compile_network(model, key_encoder)
 
     # ---------------- run folder (rank 0 writes) ----------------
     folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, device_used=str(device),

@@ -1,6 +1,11 @@
 """Stopping a run on request without losing it: SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption)
 lets the current step finish, then the run saves ``last.pt`` where it stands and exits."""
 import signal
+import sys
+
+import torch
+
+from lib.distributed import reduce_over_ranks
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -54,3 +59,13 @@ class StopRequest:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         self.previous = {}
+
+
+def stopped(log, stop, where, dist):
+    """Leave after a stop request, saying how to continue; exit status 128 + the signal number on every rank."""
+    number = int(reduce_over_ranks(torch.tensor([stop.signal or 0]), dist, "max"))
+    if dist.is_main:
+        log.close()
+        print(f"stopped by {signal.Signals(number).name} at {where}; {log.checkpoints}/last.pt holds it. "
+              f"Continue with the same command and --resume {log.folder}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + number)

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from datasets.folder import SPLIT_NAMES
 from lib import plots
+from lib.distributed import on_main
 from lib.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,3 +101,16 @@ class RunLog:
         if metrics := self.read_metrics():
             plots.save(plots.learning_curve(metrics, os.path.basename(os.path.normpath(self.folder))),
                        os.path.join(self.folder, "learning_curve.png"))
+
+
+def open_run_folder(args, dist, start_epoch, splits, report, root, **facts):
+    """The run folder (rank 0's name, the same on every rank: the default is a timestamp) and, on rank 0, its
+    RunLog with the arguments, the split and the dataset check written (None elsewhere)."""
+    folder = on_main(dist, run_folder, args)
+    if not dist.is_main:
+        return folder, None
+    log = RunLog(folder, done_epochs=start_epoch)
+    log.write_args(args, **facts)
+    log.write_splits(splits, root)
+    log.write_json("dataset_check.json", report)
+    return folder, log
