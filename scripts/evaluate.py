@@ -3,6 +3,11 @@ queries, the training split as references / database, embedded with the eval tra
 
     python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
     python scripts/evaluate.py runs/NAME/checkpoints/last.pt --split val --device cpu
+    torchrun --nproc_per_node 4 scripts/evaluate.py runs/NAME   # each GPU decodes and embeds a quarter
+
+Under torchrun each rank decodes and embeds its contiguous share of the queries and of the database, the
+embeddings are gathered in order, and rank 0 computes the metrics and writes everything: the same results
+as one process.
 
 Writes results.json (kNN OA / AA at K = 1, 5, 10; K-means accuracy and NMI; mAP, mAP@20/50/100,
 P@k, R-precision, ANMRR; the PR curve), confusion_matrix.csv/.png (kNN K = 10), pr_curve.csv/.png,
@@ -23,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decoded_images  # noqa: E402
 from lib import plots  # noqa: E402
-from lib.device import resolve_device, resolve_precision  # noqa: E402
+from lib.device import resolve_precision  # noqa: E402
+from lib.distributed import all_gather_varlen, cleanup, init_distributed  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
 from lib.knn import knn_predict  # noqa: E402
@@ -54,30 +60,48 @@ def main():
     args = get_args_parser().parse_args()
     try:
         folder = evaluate(args)
-    except InputError as error:
-        sys.exit(f"error: {one_line(error)}")
-    print(f"wrote {folder}")
+    except InputError as error:  # under torchrun every rank stops alike: rank 0 says why
+        sys.exit(f"error: {one_line(error)}" if os.environ.get("RANK", "0") == "0" else 1)
+    if folder:
+        print(f"wrote {folder}")
 
 
 def evaluate(args):
+    """Evaluate in this process: alone, or as one rank of a torchrun launch (rank 0 returns the output folder)."""
+    dist = init_distributed(args.device)
+    try:
+        return evaluate_ranks(args, dist)
+    finally:
+        cleanup(dist)
+
+
+def evaluate_ranks(args, dist):
     # ---------------- the trained network and the run's own split ----------------
-    device = resolve_device(args.device)
+    device = dist.device
     precision = resolve_precision(device, args.amp)
     model, run_args, run_dir = load_trained(args.target, device, args.checkpoint)
     database, classes, root = recorded_split(run_dir, "train", args.data)
     queries, _, _ = recorded_split(run_dir, args.split, args.data)
     out = os.path.join(run_dir, "eval", args.split)
-    os.makedirs(out, exist_ok=True)
 
-    # ---------------- embeddings, on the device ----------------
+    # ---------------- embeddings, on the device: each rank its share, gathered in order ----------------
     size = run_args["image_size"]
-    images = {name: decoded_images(samples, size, args.num_workers, run_args.get("cache_dir"))
-              for name, samples in (("database", database), ("queries", queries))}
-    labels = {name: torch.tensor([y for _, y in samples]) for name, samples in (("database", database),
-                                                                                 ("queries", queries))}
-    emb = {name: embed(model, images[name], labels[name], device, precision, args.batch_size) for name in images}
-    db, db_labels = emb["database"], labels["database"].to(device)
-    q, q_labels = emb["queries"], labels["queries"].to(device)
+    sets = {"database": database, "queries": queries}
+    labels = {name: torch.tensor([y for _, y in samples]).to(device) for name, samples in sets.items()}
+    emb, thumbnails = {}, None
+    for name, samples in sets.items():
+        start, stop = share(len(samples), dist)
+        images = decoded_images(samples[start:stop], size, args.num_workers,
+                                run_args.get("cache_dir") if dist.world_size == 1 else None)  # (n, 3, S, S) uint8
+        emb[name] = all_gather_varlen(embed(model, images, labels[name][start:stop].cpu(), device, precision,
+                                            args.batch_size), dist)                          # (N, D)
+        if name == "queries":  # for TensorBoard's projector
+            thumbnails = all_gather_varlen(thumbnail(images), dist)                          # (Q, 3, 32, 32)
+    if not dist.is_main:
+        return None
+    os.makedirs(out, exist_ok=True)
+    db, db_labels = emb["database"], labels["database"]
+    q, q_labels = emb["queries"], labels["queries"]
 
     # ---------------- metrics ----------------
     num_classes = len(classes)
@@ -107,9 +131,10 @@ def evaluate(args):
                os.path.join(out, "tsne.png"))
     examples = np.sort(rng.permutation(len(q))[:EXAMPLE_QUERIES])
     found = top_k(q[examples], db, EXAMPLE_RESULTS).cpu().numpy()                     # (8, 10)
-    hwc = {name: images[name].permute(0, 2, 3, 1).numpy() for name in images}         # (N, S, S, 3)
+    shown_queries = decoded_images([queries[i] for i in examples], size, 0).permute(0, 2, 3, 1).numpy()
+    shown_results = decoded_images([database[j] for j in found.flatten()], size, 0).permute(0, 2, 3, 1).numpy()
     names = [[classes[db_labels[j]] for j in row] for row in found]
-    plots.save(plots.retrieval_grid(hwc["queries"][examples], hwc["database"][found],
+    plots.save(plots.retrieval_grid(shown_queries, shown_results.reshape(*found.shape, *shown_results.shape[1:]),
                                     db_labels.cpu().numpy()[found] == q_labels.cpu().numpy()[examples, None],
                                     [classes[q_labels[i]] for i in examples], names),
                os.path.join(out, "retrieval_examples.png"))
@@ -118,7 +143,7 @@ def evaluate(args):
                         database_labels=db_labels.cpu().numpy(), split=args.split, classes=np.array(classes),
                         query_paths=np.array([os.path.relpath(p, root) for p, _ in queries]),
                         database_paths=np.array([os.path.relpath(p, root) for p, _ in database]))
-    log_tensorboard(run_dir, args.split, results, matrix, classes, q, q_labels, images["queries"])
+    log_tensorboard(run_dir, args.split, results, matrix, classes, q, q_labels, thumbnails)
     print(summary(results))
     return out
 
@@ -137,7 +162,19 @@ def write_csv(path, header, rows):
         writer.writerows(rows)
 
 
-def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, images):
+def share(n, dist):
+    """[start, stop) of this rank's contiguous share of ``n`` items (``tensor_split`` sizes, rank order)."""
+    sizes = [len(part) for part in torch.arange(n).tensor_split(dist.world_size)]
+    return sum(sizes[:dist.rank]), sum(sizes[:dist.rank + 1])
+
+
+def thumbnail(images):
+    """uint8 images (n, 3, S, S) as float (n, 3, 32, 32) in [0, 1], for TensorBoard's projector."""
+    return torch.nn.functional.interpolate(images.float() / 255, size=(THUMBNAIL, THUMBNAIL), mode="bilinear",
+                                           antialias=True)
+
+
+def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, thumbnails):
     """Scalars, the confusion matrix image and the query embeddings (projector, with thumbnails)."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -147,9 +184,7 @@ def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, i
         for key in ("map", "map@20", "anmrr"):
             writer.add_scalar(f"eval_{split}/{key}", results["retrieval"][key])
         writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes))
-        thumbnails = torch.nn.functional.interpolate(images.float() / 255, size=(THUMBNAIL, THUMBNAIL),
-                                                     mode="bilinear", antialias=True)          # (Q, 3, 32, 32)
-        writer.add_embedding(queries.cpu(), metadata=[classes[y] for y in labels.tolist()], label_img=thumbnails,
+        writer.add_embedding(queries.cpu(), metadata=[classes[y] for y in labels.tolist()], label_img=thumbnails.cpu(),
                              tag=f"eval_{split}")
 
 

@@ -33,13 +33,14 @@ from lib.parallel import data_parallel, sync_batch_norm
 from lib.train import train_one_epoch
 from models import EmbeddingNet
 
-from conftest import make_image_tree
+from conftest import REPO, make_image_tree
 
 CPU = torch.device("cpu")
 LOSSES = ("loss", "loss_snca", "loss_ce")
 ACCURACIES = ("knn_acc", "knn_acc_bank", "knn_acc_extracted")
 RTOL = 1e-4  # two ranks against one process: the same sums in another order (measured: ~1e-6 after 3 steps)
 TIMEOUT_S = 300
+EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 
 
 def one_thread():
@@ -124,6 +125,37 @@ def test_checkpoints_resume_on_any_number_of_ranks(two_runs, image_tree):
     assert_close_metrics(metrics(two)[2:], metrics(one)[2:], epochs=[3])
     assert last_state(two)["world_size"] == 1 and last_state(one)["world_size"] == 2
     assert not os.path.exists(out)
+
+
+def test_evaluation_on_two_ranks_equals_one_process(two_runs):
+    """scripts/evaluate.py under torchrun: each rank embeds its share of the queries and the database, rank 0
+    gathers them and writes the same embeddings, metrics and figures as one process."""
+    tmp = two_runs["tmp"]
+    folders = {ranks: str(tmp / "evaluated" / str(ranks)) for ranks in (1, 2)}
+    for ranks, folder in folders.items():
+        shutil.copytree(two_runs["one"], folder)
+        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
+        done = subprocess.run([sys.executable, *(launcher if ranks > 1 else ()), EVALUATE, folder, "--device", "cpu",
+                               "--num_workers", "0", "--tsne-points", "12"], cwd=tmp, capture_output=True, text=True,
+                              timeout=TIMEOUT_S, env=one_thread())
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("wrote ") == 1  # rank 0 alone writes
+    out = {ranks: os.path.join(folder, "eval", "test") for ranks, folder in folders.items()}
+    one, two = (np.load(os.path.join(out[ranks], "embeddings.npz")) for ranks in (1, 2))
+    assert one.files == two.files
+    for key in one.files:
+        if one[key].dtype.kind == "f":
+            np.testing.assert_allclose(two[key], one[key], rtol=0, atol=1e-5, err_msg=key)
+        else:
+            assert np.array_equal(two[key], one[key]), key
+    results = {}
+    for ranks in (1, 2):
+        with open(os.path.join(out[ranks], "results.json")) as f:
+            results[ranks] = json.load(f)
+    assert results[2]["knn"] == results[1]["knn"]
+    assert results[2]["clustering"] == pytest.approx(results[1]["clustering"], abs=1e-6)
+    assert results[2]["retrieval"] == pytest.approx(results[1]["retrieval"], abs=1e-6)
+    assert sorted(os.listdir(out[2])) == sorted(os.listdir(out[1]))
 
 
 def test_sigterm_to_torchrun_stops_all_ranks_and_the_run_resumes(two_runs, image_tree):
