@@ -30,7 +30,7 @@ from datasets.augment import apply_params, draw_params, to_float, train_augment 
 from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
 from lib.args import get_args_parser  # noqa: E402
 from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
-from lib.device import resolve_precision  # noqa: E402
+from lib.device import compile_network, resolve_precision  # noqa: E402
 from lib.train import train_one_epoch, validate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
 
@@ -137,17 +137,19 @@ def bench_loss(n):
 # ---------------- one training epoch, ours against the reference-style loop ----------------
 def bench_epoch(splits, size, workers, memory_kind, epochs=2):
     """A training epoch, and the validation after it, timed apart: ours does more validation work for MB
-    (it logs the kNN against re-extracted training embeddings besides the bank's)."""
+    (it logs the kNN against re-extracted training embeddings besides the bank's). Also ours with --amp bf16,
+    ours with --compile (its first epoch, which compiles, apart), and the floor of any float32 eager epoch: the
+    network's forward, backward and SGD step alone on the epoch's batch shapes, without data, loss or memory."""
     args = get_args_parser(memory_kind).parse_args(["--image-size", str(size)])
     device = torch.device("cpu")
     train, val = splits["train"], splits["val"]
     labels = torch.tensor([label for _, label in train])
     times = {}
-    for variant in ("ours", "ours-bf16", "reference"):
+    for variant in ("ours", "ours-bf16", "ours-compile", "floor", "reference"):
         torch.manual_seed(0)
         precision = resolve_precision(device, "bf16" if variant == "ours-bf16" else "none")
         model = EmbeddingNet("resnet18", args.dim, len(splits["classes"]))
-        if variant.startswith("ours"):
+        if variant != "reference":
             model.to(memory_format=precision.memory_format)
         key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -157,12 +159,27 @@ def bench_epoch(splits, size, workers, memory_kind, epochs=2):
             batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
             val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
             eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
+            step_model = compile_network(model, key_encoder) if variant == "ours-compile" else model
 
             def train_epoch():
-                train_one_epoch(model, memory, key_encoder, batches, optimizer, args, 0.5, precision)
+                train_one_epoch(step_model, memory, key_encoder, batches, optimizer, args, 0.5, precision)
 
             def validation():
                 return validate(model, memory, val_batches, eval_batches, 10, precision)
+        elif variant == "floor":
+            sizes = [len(part) for part in torch.arange(len(train)).split(args.batch_size)]
+            inputs = [(torch.randn(b, 3, size, size).contiguous(memory_format=precision.memory_format),
+                       labels[:b]) for b in sizes]
+
+            def train_epoch():
+                for images, target in inputs:
+                    loss = torch.nn.functional.cross_entropy(model(images)[1], target)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+
+            def validation():
+                return None
         else:
             train_loader = reference.loader(train, reference.train_transform(size), args.batch_size, workers, True)
             val_loader = reference.loader(val, reference.eval_transform(size), args.batch_size, workers)
@@ -176,14 +193,19 @@ def bench_epoch(splits, size, workers, memory_kind, epochs=2):
             def validation():
                 return reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader)
         runs = [(timed(train_epoch)[0], timed(validation)[0]) for _ in range(epochs)]
-        times[variant] = min(t for t, _ in runs), min(v for _, v in runs)
+        times[variant] = min(t for t, _ in runs), min(v for _, v in runs), runs[0][0]
     name = f"{memory_kind.upper()}, ResNet-18, {size} px, batch 256"
-    row(f"training epoch, {name} (s)", times["ours"][0], times["reference"][0], "s", "lower",
+    reference_s = times["reference"][0]
+    row(f"training epoch, {name} (s)", times["ours"][0], reference_s, "s", "lower",
         note=f"{len(train)} training images, best of {epochs}")
     row(f"validation after it, {name} (s)", times["ours"][1], times["reference"][1], "s", "lower",
         note="ours: bank and re-extracted references" if memory_kind == "mb" else "re-extracted references")
-    row(f"training epoch, {name}, ours with --amp bf16 (s)", times["ours-bf16"][0], times["reference"][0], "s",
+    row(f"training epoch, {name}, ours with --amp bf16 (s)", times["ours-bf16"][0], reference_s, "s",
         "lower", note="not the reference's float32 numerics; this CPU has AMX-BF16")
+    row(f"training epoch, {name}, ours with --compile (s)", times["ours-compile"][0], reference_s, "s", "lower",
+        note=f"after compiling: the first epoch took {times['ours-compile'][2]:.0f} s")
+    row(f"floor: the network's forward + backward + SGD step alone, {name} (s)", times["floor"][0], reference_s,
+        "s", "lower", note=f"no data, loss or memory; {times['floor'][0] / reference_s:.2f} of the reference's epoch")
 
 
 # ---------------- GPU only ----------------
@@ -228,6 +250,14 @@ def bench_gpu(device, steps=30):
                                                     precision), device)
         row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
+        if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
+            compiled = compile_network(model)
+            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[:3], optimizer, args,
+                                                          0.5, precision), device)
+            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[3:], optimizer, args,
+                                                        0.5, precision), device)
+            row(f"training, {arch} MB, 256 px, bf16, channels_last, --compile, augmentation included (images/s)",
+                steps * batch / seconds, note=f"after {compile_s:.0f} s of compilation")
         if arch == "resnet18":
             val = TensorBatches(store[NWPU_TRAIN:], labels[NWPU_TRAIN:].cpu(), 512, device)
             train_eval = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), 512, device)
