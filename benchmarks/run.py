@@ -135,77 +135,80 @@ def bench_loss(n):
 
 
 # ---------------- one training epoch, ours against the reference-style loop ----------------
-def bench_epoch(splits, size, workers, memory_kind, epochs=2):
+EPOCH_VARIANTS = ("ours", "ours-bf16", "ours-compile", "floor", "reference")
+
+
+def bench_epoch(splits, size, workers, memory_kind, rounds=3):
     """A training epoch, and the validation after it, timed apart: ours does more validation work for MB
     (it logs the kNN against re-extracted training embeddings besides the bank's). Also ours with --amp bf16,
     ours with --compile (its first epoch, which compiles, apart), and the floor of any float32 eager epoch: the
-    network's forward, backward and SGD step alone on the epoch's batch shapes, without data, loss or memory."""
+    network's forward, backward and SGD step (and MU's key-encoder forward) alone, on the epoch's batch shapes,
+    without data, loss or memory. The variants take turns, one epoch each per round, so that the load of the
+    shared machine drifts over all of them alike; each figure is a variant's median over the rounds."""
     args = get_args_parser(memory_kind).parse_args(["--image-size", str(size)])
-    device = torch.device("cpu")
-    train, val = splits["train"], splits["val"]
-    labels = torch.tensor([label for _, label in train])
-    times = {}
-    for variant in ("ours", "ours-bf16", "ours-compile", "floor", "reference"):
-        torch.manual_seed(0)
-        precision = resolve_precision(device, "bf16" if variant == "ours-bf16" else "none")
-        model = EmbeddingNet("resnet18", args.dim, len(splits["classes"]))
-        if variant != "reference":
-            model.to(memory_format=precision.memory_format)
-        key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        memory = Memory(labels, args.dim)
-        if variant.startswith("ours"):
-            train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
-            batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
-            val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
-            eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
-            step_model = compile_network(model, key_encoder) if variant == "ours-compile" else model
-
-            def train_epoch():
-                train_one_epoch(step_model, memory, key_encoder, batches, optimizer, args, 0.5, precision)
-
-            def validation():
-                return validate(model, memory, val_batches, eval_batches, 10, precision)
-        elif variant == "floor":
-            sizes = [len(part) for part in torch.arange(len(train)).split(args.batch_size)]
-            inputs = [(torch.randn(b, 3, size, size).contiguous(memory_format=precision.memory_format),
-                       labels[:b]) for b in sizes]
-
-            def train_epoch():
-                for images, target in inputs:
-                    loss = torch.nn.functional.cross_entropy(model(images)[1], target)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-
-            def validation():
-                return None
-        else:
-            train_loader = reference.loader(train, reference.train_transform(size), args.batch_size, workers, True)
-            val_loader = reference.loader(val, reference.eval_transform(size), args.batch_size, workers)
-            eval_loader = (reference.loader(train, reference.eval_transform(size), args.batch_size, workers)
-                           if memory_kind == "mu" else None)
-            encoder = key_encoder.encoder if key_encoder is not None else None
-
-            def train_epoch():
-                reference.reference_train_epoch(model, memory.memory, labels, encoder, train_loader, optimizer)
-
-            def validation():
-                return reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader)
-        runs = [(timed(train_epoch)[0], timed(validation)[0]) for _ in range(epochs)]
-        times[variant] = min(t for t, _ in runs), min(v for _, v in runs), runs[0][0]
+    epochs = {variant: epoch_variant(variant, splits, size, workers, memory_kind, args) for variant in EPOCH_VARIANTS}
+    compile_s, _ = timed(epochs["ours-compile"][0])
+    runs = {variant: [] for variant in EPOCH_VARIANTS}
+    for _ in range(rounds):
+        for variant, (train_epoch, validation) in epochs.items():
+            runs[variant].append((timed(train_epoch)[0], timed(validation)[0]))
+    times = {variant: np.median(np.array(r), axis=0) for variant, r in runs.items()}    # (train s, validation s)
     name = f"{memory_kind.upper()}, ResNet-18, {size} px, batch 256"
     reference_s = times["reference"][0]
     row(f"training epoch, {name} (s)", times["ours"][0], reference_s, "s", "lower",
-        note=f"{len(train)} training images, best of {epochs}")
+        note=f"{len(splits['train'])} training images, median of {rounds}, "
+        f"{times['ours'][0] / reference_s:.2f} of the reference's time")
     row(f"validation after it, {name} (s)", times["ours"][1], times["reference"][1], "s", "lower",
         note="ours: bank and re-extracted references" if memory_kind == "mb" else "re-extracted references")
     row(f"training epoch, {name}, ours with --amp bf16 (s)", times["ours-bf16"][0], reference_s, "s",
         "lower", note="not the reference's float32 numerics; this CPU has AMX-BF16")
     row(f"training epoch, {name}, ours with --compile (s)", times["ours-compile"][0], reference_s, "s", "lower",
-        note=f"after compiling: the first epoch took {times['ours-compile'][2]:.0f} s")
-    row(f"floor: the network's forward + backward + SGD step alone, {name} (s)", times["floor"][0], reference_s,
-        "s", "lower", note=f"no data, loss or memory; {times['floor'][0] / reference_s:.2f} of the reference's epoch")
+        note=f"after compiling: its first epoch took {compile_s:.0f} s")
+    row(f"floor: the network's float32 passes alone, {name} (s)", times["floor"][0], reference_s, "s", "lower",
+        note=f"no data, loss or memory; {times['floor'][0] / reference_s:.2f} of the reference's time")
+
+
+def epoch_variant(variant, splits, size, workers, memory_kind, args):
+    """(train one epoch, validate) closures of one variant, each with its own network, seeded alike."""
+    device = torch.device("cpu")
+    train, val = splits["train"], splits["val"]
+    labels = torch.tensor([label for _, label in train])
+    torch.manual_seed(0)
+    precision = resolve_precision(device, "bf16" if variant == "ours-bf16" else "none")
+    model = EmbeddingNet("resnet18", args.dim, len(splits["classes"]))
+    if variant != "reference":
+        model.to(memory_format=precision.memory_format)
+    key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    memory = Memory(labels, args.dim)
+    if variant.startswith("ours"):
+        train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
+        batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
+        val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
+        eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
+        step_model = compile_network(model, key_encoder) if variant == "ours-compile" else model
+        return (lambda: train_one_epoch(step_model, memory, key_encoder, batches, optimizer, args, 0.5, precision),
+                lambda: validate(model, memory, val_batches, eval_batches, 10, precision))
+    if variant == "floor":
+        inputs = [(torch.randn(len(part), 3, size, size).contiguous(memory_format=precision.memory_format),
+                   labels[part]) for part in torch.arange(len(train)).split(args.batch_size)]
+
+        def floor_epoch():
+            for images, target in inputs:
+                loss = torch.nn.functional.cross_entropy(model(images)[1], target)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                if key_encoder is not None:
+                    key_encoder(images)
+        return floor_epoch, lambda: None
+    train_loader = reference.loader(train, reference.train_transform(size), args.batch_size, workers, True)
+    val_loader = reference.loader(val, reference.eval_transform(size), args.batch_size, workers)
+    eval_loader = (reference.loader(train, reference.eval_transform(size), args.batch_size, workers)
+                   if memory_kind == "mu" else None)
+    encoder = key_encoder.encoder if key_encoder is not None else None
+    return (lambda: reference.reference_train_epoch(model, memory.memory, labels, encoder, train_loader, optimizer),
+            lambda: reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader))
 
 
 # ---------------- GPU only ----------------
@@ -315,6 +318,8 @@ def main():
     parser.add_argument("--dataset", default="RSSCN7")
     parser.add_argument("--imgEXT", default="jpg")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch"),
+                        help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -333,11 +338,16 @@ def main():
         sys.exit(f"error: no dataset at {root} (give --data and --dataset)")
     if args.quick:
         splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
-    bench_data(splits["train"], 256, args.workers)
-    bench_knn(device)
-    bench_loss(100_000 if args.quick else 1_000_000)
-    for memory_kind in ("mb", "mu"):
-        bench_epoch(splits, 64, args.workers, memory_kind)
+    only = set(args.only or ("data", "knn", "loss", "epoch"))
+    if "data" in only:
+        bench_data(splits["train"], 256, args.workers)
+    if "knn" in only:
+        bench_knn(device)
+    if "loss" in only:
+        bench_loss(100_000 if args.quick else 1_000_000)
+    if "epoch" in only:
+        for memory_kind in ("mb", "mu"):
+            bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
 
 

@@ -52,6 +52,16 @@ def init_distributed(device_arg=None):
     return Dist(rank, world_size, local_rank, device, rank == 0)
 
 
+def run_on_ranks(fn, args):
+    """``fn(args, dist)`` in this process, alone or as one rank of a torchrun launch (``args.device``); the process
+    group is destroyed afterwards, also after an error."""
+    dist = init_distributed(args.device)
+    try:
+        return fn(args, dist)
+    finally:
+        cleanup(dist)
+
+
 def single_process(device):
     """The ``Dist`` of a run that torchrun did not start."""
     return Dist(0, 1, 0, device, True)

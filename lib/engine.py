@@ -26,11 +26,10 @@ from lib.distributed import (
     any_rank,
     assert_same_on_all_ranks,
     barrier,
-    cleanup,
     in_turn,
-    init_distributed,
     memory_checksum,
     on_main,
+    run_on_ranks,
 )
 from lib.errors import InputError, one_line
 from lib.interrupt import StopRequest, TrainingInterrupted, stopped
@@ -82,11 +81,7 @@ def check_world(args, dist):
 
 def train(args):
     """The whole run in this process: alone, or as one rank of a torchrun launch."""
-    dist = init_distributed(args.device)
-    try:
-        return train_ranks(args, dist)
-    finally:
-        cleanup(dist)
+    return run_on_ranks(train_ranks, args)
 
 
 def train_ranks(args, dist):

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import decoded_images  # noqa: E402
 from lib import plots  # noqa: E402
 from lib.device import resolve_precision  # noqa: E402
-from lib.distributed import all_gather_varlen, cleanup, init_distributed  # noqa: E402
+from lib.distributed import all_gather_varlen, run_on_ranks  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
 from lib.knn import knn_predict  # noqa: E402
@@ -68,11 +68,7 @@ def main():
 
 def evaluate(args):
     """Evaluate in this process: alone, or as one rank of a torchrun launch (rank 0 returns the output folder)."""
-    dist = init_distributed(args.device)
-    try:
-        return evaluate_ranks(args, dist)
-    finally:
-        cleanup(dist)
+    return run_on_ranks(evaluate_ranks, args)
 
 
 def evaluate_ranks(args, dist):
