@@ -11,14 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
-from test_distributed import free_port
+from test_distributed import free_port, spawn
 from test_entry_points import SCRIPTS, metrics, small_run
 
 from datasets import DecodingBatches, TensorBatches
@@ -223,13 +221,7 @@ def worker(rank, world, port, scenario, out_dir):
 
 def on_ranks(world, scenario, tmp_path):
     """Run ``scenario`` on ``world`` spawned ranks; a worker's exception is raised here."""
-    workers = mp.spawn(worker, args=(world, free_port(), scenario, str(tmp_path)), nprocs=world, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
-    while not workers.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in workers.processes:
-                process.kill()
-            pytest.fail(f"{scenario} did not finish in {TIMEOUT_S} s")
+    spawn(worker, (world, free_port(), scenario, str(tmp_path)), world, scenario, TIMEOUT_S)
     return [torch.load(tmp_path / f"world{world}-rank{rank}.pt", weights_only=True) for rank in range(world)]
 
 

@@ -55,15 +55,21 @@ def worker(rank, port, scenario, out_dir):
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
-def run_on_two_ranks(scenario, tmp_path):
-    """Run ``scenario`` on two ranks; a worker's exception is raised here (``ProcessRaisedException``)."""
-    workers = mp.spawn(worker, args=(free_port(), scenario, str(tmp_path)), nprocs=WORLD, join=False)
-    deadline = time.monotonic() + TIMEOUT_S
+def spawn(worker, args, nprocs, what, timeout_s=TIMEOUT_S):
+    """``worker(rank, *args)`` in ``nprocs`` processes; a worker's exception is raised here
+    (``ProcessRaisedException``), and ranks still running after ``timeout_s`` are killed and fail the test."""
+    workers = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout_s
     while not workers.join(timeout=1):
         if time.monotonic() > deadline:
             for process in workers.processes:
                 process.kill()
-            pytest.fail(f"scenario {scenario!r} did not finish in {TIMEOUT_S} s")
+            pytest.fail(f"{what} did not finish in {timeout_s} s")
+
+
+def run_on_two_ranks(scenario, tmp_path):
+    """Run ``scenario`` on two ranks and return what each saved."""
+    spawn(worker, (free_port(), scenario, str(tmp_path)), WORLD, f"scenario {scenario!r}")
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
