@@ -11,12 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from test_distributed import free_port, spawn
+from test_distributed import free_port, join_ranks, spawn
 from test_entry_points import SCRIPTS, metrics, small_run
 
 from datasets import DecodingBatches, TensorBatches
@@ -24,7 +23,7 @@ from datasets.synthetic import CLASSES, render
 from lib import KeyEncoder, Memory
 from lib.args import get_args_parser
 from lib.device import resolve_precision
-from lib.distributed import Dist, cleanup, init_distributed, single_process
+from lib.distributed import Dist, cleanup, single_process
 from lib.engine import check_world
 from lib.errors import InputError
 from lib.parallel import data_parallel, sync_batch_norm
@@ -207,11 +206,7 @@ def test_what_two_ranks_cannot_train_as_one_process_is_refused(image_tree, tmp_p
 # ---------------- the training loop itself on two spawned ranks ----------------
 
 def worker(rank, world, port, scenario, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    warnings.simplefilter("error")
-    torch.set_num_threads(1)
-    dist = init_distributed("cpu")
+    dist = join_ranks(rank, world, port)
     try:
         result = train_epochs(dist, *scenario)
     finally:

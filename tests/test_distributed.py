@@ -42,12 +42,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def worker(rank, port, scenario, out_dir):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+def join_ranks(rank, world, port):
+    """In a spawned worker: become rank ``rank`` of ``world`` as torchrun would set it up (one thread, warnings
+    as errors) and return its ``Dist``."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     warnings.simplefilter("error")
     torch.set_num_threads(1)
-    dist = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def worker(rank, port, scenario, out_dir):
+    dist = join_ranks(rank, WORLD, port)
     try:
         result = SCENARIOS[scenario](dist)
     finally:
