@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import decoded_images  # noqa: E402
 from lib import plots  # noqa: E402
 from lib.device import resolve_precision  # noqa: E402
-from lib.distributed import all_gather_varlen, run_on_ranks  # noqa: E402
+from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
 from lib.knn import knn_predict  # noqa: E402
@@ -86,10 +86,10 @@ def evaluate_ranks(args, dist):
     labels = {name: torch.tensor([y for _, y in samples]).to(device) for name, samples in sets.items()}
     emb, thumbnails = {}, None
     for name, samples in sets.items():
-        start, stop = share(len(samples), dist)
-        images = decoded_images(samples[start:stop], size, args.num_workers,
+        mine = shard_batch(torch.arange(len(samples)), dist.rank, dist.world_size)      # contiguous, rank order
+        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers,
                                 run_args.get("cache_dir") if dist.world_size == 1 else None)  # (n, 3, S, S) uint8
-        emb[name] = all_gather_varlen(embed(model, images, labels[name][start:stop].cpu(), device, precision,
+        emb[name] = all_gather_varlen(embed(model, images, labels[name][mine.to(device)].cpu(), device, precision,
                                             args.batch_size), dist)                          # (N, D)
         if name == "queries":  # for TensorBoard's projector
             thumbnails = all_gather_varlen(thumbnail(images), dist)                          # (Q, 3, 32, 32)
@@ -156,12 +156,6 @@ def write_csv(path, header, rows):
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def share(n, dist):
-    """[start, stop) of this rank's contiguous share of ``n`` items (``tensor_split`` sizes, rank order)."""
-    sizes = [len(part) for part in torch.arange(n).tensor_split(dist.world_size)]
-    return sum(sizes[:dist.rank]), sum(sizes[:dist.rank + 1])
 
 
 def thumbnail(images):
