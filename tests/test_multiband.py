@@ -243,3 +243,16 @@ def test_evaluate_retrieve_and_make_tables_on_a_13_band_run(runs, band_data, tmp
                              str(tmp_path / "tables")], capture_output=True, text=True, timeout=300)
     assert tables.returncode == 0, tables.stderr
     assert "SNCA-CE" in (tmp_path / "tables" / "tables.md").read_text()
+
+
+def test_eurosat_ms_presets_read_all_13_bands_and_find_the_archive_layout(tmp_path):
+    from datasets.presets import PRESETS, dataset_root, preset_mismatch
+
+    for name in ("EuroSAT_MS", "EuroSATallBands"):
+        preset = PRESETS[name]
+        assert (preset.ext, preset.classes, preset.images, preset.bands, preset.rgb_bands) == (
+            "tif", 10, 27000, "all", "4,3,2")
+    inner = tmp_path / "EuroSATallBands" / "ds" / "images" / "remote_sensing" / "otherDatasets" / "sentinel_2" / "tif"
+    (inner / "Forest").mkdir(parents=True)
+    assert dataset_root(str(tmp_path), "EuroSATallBands") == str(inner)
+    assert "27000 images" in preset_mismatch("EuroSAT_MS", 10, 26999)
