@@ -24,6 +24,14 @@ def collate(samples, size, channels=3, dtype=torch.uint8):
     return default_collate(samples)
 
 
+def gather(images, indices):
+    """``images[indices]``; uint16 N-band images through their int16 view (the same bits), since indexing
+    kernels for uint16 are not built on every device."""
+    if images.dtype == torch.uint16:
+        return images.view(torch.int16)[indices].view(torch.uint16)
+    return images[indices]
+
+
 def ignore_interrupts(worker_id):
     """Workers leave Ctrl-C to the main process, which finishes its step and saves (``lib.interrupt``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,7 +86,7 @@ class TensorBatches(Batches):
     def iterate(self, start=0):
         pin = self.device.type == "cuda" and self.images.device.type == "cpu"
         for indices in self.shard_indices(start):                                # (B,)
-            images = self.images[indices.to(self.images.device)]                 # (B, 3, S, S)
+            images = gather(self.images, indices.to(self.images.device))        # (B, 3, S, S)
             if pin:
                 images = images.pin_memory()
             yield (images.to(self.device, non_blocking=True), self.labels[indices].to(self.device),
@@ -86,7 +94,7 @@ class TensorBatches(Batches):
 
     def images_at(self, indices):
         """uint8 images (B, 3, S, S) of dataset ``indices`` (CPU) on the device: the triplet loss's draws."""
-        return self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
+        return gather(self.images, indices.to(self.images.device)).to(self.device, non_blocking=True)
 
 
 class DecodingBatches(Batches):

@@ -256,3 +256,16 @@ def test_eurosat_ms_presets_read_all_13_bands_and_find_the_archive_layout(tmp_pa
     (inner / "Forest").mkdir(parents=True)
     assert dataset_root(str(tmp_path), "EuroSATallBands") == str(inner)
     assert "27000 images" in preset_mismatch("EuroSAT_MS", 10, 26999)
+
+
+def test_resuming_with_other_bands_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from lib.checkpoint import check_compatible
+
+    args = {"memory": "mb", "method": "snca-ce", "model": "resnet18", "dim": 128, "dataset": "ms13", "image_size": 32}
+    saved = {"args": {**args, "bands": "all"}, "num_train": 21, "num_classes": 3}
+    check_compatible(saved, SimpleNamespace(**args, bands="all"), 21, 3)
+    for other in (None, "4,3,2"):
+        with pytest.raises(InputError, match="the checkpoint has bands='all'"):
+            check_compatible(saved, SimpleNamespace(**args, bands=other), 21, 3)
