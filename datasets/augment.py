@@ -232,15 +232,24 @@ class BandPipeline:
         return (images.to(torch.float32) - self.mean.to(images.device)) / self.std.to(images.device)
 
     def train(self, images, generator=None, params=None):
+        """Flip, then rotate, each image as drawn: one gather through the index map of its symmetry (the source
+        pixel of each output pixel; a flip and a rotation only move pixels), after the standardisation."""
         params = params if params is not None else self.draw(images.shape[0], images.device, generator)
-        x = _where(self.eval(images), params["flip"], _flip_)                                  # (B, C, S, S)
-        for k in range(1, 4) if self.rot90 else ():
-            _where(x, params["rot90"] == k, lambda part, k=k: part.copy_(part.rot90(k, dims=(2, 3))))  # square
-        return x
+        x = self.eval(images).flatten(2)                                                       # (B, C, S*S)
+        which = params["flip"].long() * 4 + (params["rot90"] if self.rot90 else 0)             # (B,) in 0..7
+        source = symmetry_maps(images.shape[-1], images.device)[which]                         # (B, S*S)
+        return x.gather(2, source[:, None].expand_as(x)).view(images.shape)                   # (B, C, S, S)
 
     def display(self, images):
         """uint8 RGB composites (n, 3, H, W) of the red, green, blue bands, stretched per image and band."""
         return rgb_composite(images, self.rgb)
+
+
+def symmetry_maps(size, device):
+    """(8, S*S) long: for flip f and k quarter turns, row 4 f + k holds the source pixel of each output pixel of
+    ``rot90(flip(x) if f else x, k)``, i.e. that transform applied to the image of pixel indices."""
+    pixels = torch.arange(size * size, device=device).view(size, size)                        # (S, S)
+    return torch.stack([(pixels.flip(-1) if f else pixels).rot90(k).flatten() for f in (0, 1) for k in range(4)])
 
 
 def pipeline_of(band_stats, rot90=False):
