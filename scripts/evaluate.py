@@ -1,4 +1,4 @@
-"""Evaluate a trained run as the paper does (SPEC.md section 8): the evaluated split (default test) as
+"""Evaluate a trained run as the paper does (docs/evaluation.md): the evaluated split (default test) as
 queries, the training split as references / database, embedded with the eval transform on the device.
 
     python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
