@@ -1,5 +1,5 @@
-"""The D-CNN metric term, a pairwise hinge on in-batch distances (docs/method.md section 9; Cheng et al., "When deep learning
-meets metric learning: remote sensing image scene classification via learning discriminative CNNs", IEEE TGRS
+"""The D-CNN metric term, a pairwise hinge on in-batch distances (docs/method.md section 9; Cheng et al., "When deep
+learning meets metric learning: remote sensing image scene classification via learning discriminative CNNs", IEEE TGRS
 2018)."""
 import torch
 

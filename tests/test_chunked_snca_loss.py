@@ -1,5 +1,5 @@
-"""lib.chunked_snca_loss against the reference implementation's values, lib.snca_loss and gradcheck (docs/method.md section 4),
-and a check that no B x N tensor is ever created."""
+"""lib.chunked_snca_loss against the reference implementation's values, lib.snca_loss and gradcheck (docs/method.md
+section 4), and a check that no B x N tensor is ever created."""
 import os
 
 import numpy as np

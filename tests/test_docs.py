@@ -12,7 +12,7 @@ WRITTEN = {"tables.md": "scripts/make_tables.py"}
 MD_NAME = re.compile(r"[\w./$-]*\.md\b")
 MD_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 PARENT_PATH = re.compile(r"(?:\.\./)+[\w./-]*")
-SECTION = re.compile(r"docs/method\.md,? sections? (\d+)(?:(?:-| and |, )(\d+))?")
+SECTION = re.compile(r"docs/method\.md,?\s+sections?\s+(\d+)(?:(?:-|\s+and\s+|,\s+)(\d+))?")
 
 
 def tracked():
