@@ -254,6 +254,14 @@ def bench_gpu(device, steps=30):
                                                     precision), device)
         row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
+        if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
+            fp32 = resolve_precision(device, "none")
+            train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, fp32)
+            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
+                                                       fp32), device)
+            row(f"training, {arch} {memory_kind.upper()}, 256 px, float32 (cuDNN's default TF32 convolutions), "
+                "channels_last, augmentation included (images/s)", steps * batch / fp32_s,
+                note=f"bf16 is {fp32_s / seconds:.2f}x faster")
         if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
             compiled = compile_network(model)
             compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[:3], optimizer, args,
