@@ -16,7 +16,6 @@ from conftest import REPO
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "scripts", "*.sh"))
                  if not p.endswith("paper_common.sh"))
 METHODS = ("snca-ce", "snca", "d-cnn", "triplet")
-EXTRA = "--num_workers 7 --weights /offline/resnet18.pth --cache-dir /scratch/cache"
 PLAN = re.compile(r"^plan: (\d+) runs \((\d+) already evaluated, (\d+) to train and evaluate\), about ([\d.]+) GPU "
                   r"hours on one H200 in (float32|bf16 autocast|fp16 autocast), (\d+) epochs")
 
@@ -39,8 +38,10 @@ def test_every_script_is_covered():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_dry_run_plan_names_and_extra_args(script, tmp_path):
-    out = tmp_path / "paper"
-    lines = dry_run(script, out, SEEDS="2", EPOCHS="5", EXTRA_ARGS=EXTRA)
+    out, weights, cache = tmp_path / "paper", tmp_path / "resnet18.pth", tmp_path / "cache"
+    weights.write_bytes(b"")  # exists, for a parser that checks paths; a dry run never reads it
+    extra = f"--num_workers 7 --weights {weights} --cache-dir {cache}".split()
+    lines = dry_run(script, out, SEEDS="2", EPOCHS="5", EXTRA_ARGS=" ".join(extra))
     plan = PLAN.match(lines[0])
     assert plan, f"{script} does not print its plan first: {lines[0]!r}"
     cmds = commands(lines)
@@ -61,13 +62,13 @@ def test_dry_run_plan_names_and_extra_args(script, tmp_path):
         assert args.dataset in ("AID", "NWPU-RESISC45") and args.method in METHODS and args.seed in (0, 1)
         assert args.amp == "none"  # float32, as the authors trained, unless AMP or EXTRA_ARGS say otherwise
         # EXTRA_ARGS reach the training command, last, so that they win over the script's flags ...
-        assert train[-len(EXTRA.split()):] == EXTRA.split()
-        assert args.num_workers == 7 and args.weights == "/offline/resnet18.pth" and args.cache_dir == "/scratch/cache"
+        assert train[-len(extra):] == extra
+        assert args.num_workers == 7 and args.weights == str(weights) and args.cache_dir == str(cache)
         # ... and its evaluation, of the run folder just trained.
-        assert evaluate[-len(EXTRA.split()):] == EXTRA.split()
+        assert evaluate[-len(extra):] == extra
         evaluated = evaluate_parser().parse_args(evaluate[2:])
         assert evaluated.target == os.path.join(str(out), args.run_name)
-        assert evaluated.num_workers == 7 and evaluated.cache_dir == "/scratch/cache"
+        assert evaluated.num_workers == 7 and evaluated.cache_dir == str(cache)
         names.add(args.run_name)
     assert len(names) == len(trains)  # no run trained twice
 
