@@ -9,9 +9,9 @@ from conftest import REPO
 
 # Markdown files the code writes into a run or output folder: names of outputs, not references to documents.
 WRITTEN = {"tables.md": "scripts/make_tables.py"}
-MD_NAME = re.compile(r"[\w./$-]*\.md\b")
+MD_NAME = re.compile(r"[\w./$-]*\w\.md\b")  # a name: "*.md" alone is a pattern, not a reference
 MD_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
-PARENT_PATH = re.compile(r"(?:\.\./)+[\w./-]*")
+PARENT_PATH = re.compile(r"(?:\.\./)+\w[\w./-]*")  # "../" alone names no path
 SECTION = re.compile(r"docs/method\.md,?\s+sections?\s+(\d+)(?:(?:-|\s+and\s+|,\s+)(\d+))?")
 
 
