@@ -7,7 +7,7 @@
 #   DATA=/datasets DRY_RUN=1 bash scripts/paper_table_clustering.sh # print the commands only
 #
 # Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/tables.md, "Clustering" table.
-# Neither the paper nor its follow-up gives clustering numbers (docs/reproduce.md), hence no comments.
+# No clustering number, from the paper or its follow-up, has been checked (docs/reproduce.md), hence no comments.
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 

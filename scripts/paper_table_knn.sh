@@ -7,7 +7,8 @@
 #   DATA=/datasets DRY_RUN=1 bash scripts/paper_table_knn.sh       # print the commands only
 #
 # Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/tables.md, "kNN" table.
-# The numbers in the comments are test kNN@10 (%) of SNCA reported by the authors' follow-up paper (docs/reproduce.md);
+# The numbers in the comments are test kNN@10 (%) of SNCA reported by a follow-up paper of the authors, not yet
+# identified with certainty (docs/reproduce.md, "Which follow-up");
 # the paper itself gives no kNN table.
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"

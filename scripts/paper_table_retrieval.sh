@@ -7,7 +7,8 @@
 #   DATA=/datasets DRY_RUN=1 bash scripts/paper_table_retrieval.sh # print the commands only
 #
 # Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/tables.md, "Retrieval" tables.
-# The numbers in the comments are test mAP@20 (%) of SNCA reported by the authors' follow-up paper (docs/reproduce.md).
+# The numbers in the comments are test mAP@20 (%) of SNCA reported by a follow-up paper of the authors, not yet
+# identified with certainty (docs/reproduce.md, "Which follow-up").
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 
