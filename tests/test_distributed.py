@@ -29,6 +29,7 @@ from lib.distributed import (
 )
 from lib.knn import knn_predict
 from lib.memory import Memory
+from lib.parallel import shuffled_forward
 
 WORLD = 2
 NUM_IMAGES, DIM, BATCH, EPOCHS = 49, 8, 16, 2  # batches of 16, 16, 16 and 1: the last leaves rank 1 empty
@@ -102,9 +103,28 @@ def new_memory():
 
 
 def knn_data():
+    """Queries with some references among them, and references duplicated under another label: exact ties."""
     generator = torch.Generator().manual_seed(3)
     references, queries = torch.randn(300, DIM, generator=generator), torch.randn(42, DIM, generator=generator)
-    return queries, references, torch.randint(0, 7, (300,), generator=generator)
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    references, labels = torch.cat([references, references[:6]]), torch.cat([labels, (labels[:6] + 1) % 7])
+    return torch.cat([queries, references[:10]]), references, labels
+
+
+class RowWise(torch.nn.Module):
+    """An encoder without BatchNorm whose outputs, like EmbeddingNet's (embedding, logits), are exact: integer
+    pixels times integer weights, sums far below 2^24. Each row depends on its own image only."""
+
+    def forward(self, images):
+        x = images.flatten(1).float()                                                 # (b, 3 S S)
+        weights = torch.arange(x.shape[1], dtype=torch.float32) % 7 - 3                # (3 S S,)
+        return x * weights, x.sum(1, keepdim=True)                                    # (b, 3 S S), (b, 1)
+
+
+def shuffle_images(rank):
+    """This rank's part of a global batch of 7 tiny images (4 and 3): pixel values say which image it is."""
+    batch = torch.arange(7 * 3 * 2 * 2, dtype=torch.uint8).reshape(7, 3, 2, 2)
+    return batch[shard_batch(torch.arange(7), rank, WORLD)]
 
 
 def gather_scenario(dist):
@@ -113,6 +133,8 @@ def gather_scenario(dist):
         floats, ints = rows(dist.rank, lengths[dist.rank])
         out[f"floats{case}"], out[f"ints{case}"] = all_gather_varlen(floats, dist), all_gather_varlen(ints, dist)
     barrier(dist)
+    torch.manual_seed(0)  # the permutation: drawn alike on every rank
+    out["shuffled"] = shuffled_forward(RowWise(), shuffle_images(dist.rank), dist)
     out["broadcast"] = broadcast_object({"from": dist.rank, "words": ["a"] * (dist.rank + 1)}, dist)
     return out
 
@@ -170,8 +192,14 @@ def test_one_process_leaves_torch_distributed_alone(monkeypatch):
     cleanup(dist)
 
 
-def test_all_gather_varlen_concatenates_unequal_lengths(tmp_path):
-    results = run_on_two_ranks("gather", tmp_path)
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory):
+    return run_on_two_ranks("gather", tmp_path_factory.mktemp("gather"))
+
+
+@pytest.mark.slow
+def test_all_gather_varlen_concatenates_unequal_lengths(gathered):
+    results = gathered
     for case, lengths in enumerate(LENGTH_PAIRS):
         floats, ints = zip(*(rows(rank, n) for rank, n in enumerate(lengths)))
         for result in results:
@@ -180,6 +208,17 @@ def test_all_gather_varlen_concatenates_unequal_lengths(tmp_path):
     assert all(result["broadcast"] == {"from": 0, "words": ["a"]} for result in results)
 
 
+@pytest.mark.slow
+def test_shuffle_bn_puts_every_row_back(gathered):
+    """MoCo's shuffle-BN sends images to other ranks and their outputs back: with an encoder without BatchNorm,
+    each rank gets encoder(its images), row for row, as if nothing had moved."""
+    for rank, result in enumerate(gathered):
+        want = RowWise()(shuffle_images(rank))
+        assert len(result["shuffled"]) == len(want) == 2
+        assert all(torch.equal(got, w) for got, w in zip(result["shuffled"], want))
+
+
+@pytest.mark.slow
 def test_memory_stays_identical_and_equals_one_process(tmp_path):
     results = run_on_two_ranks("memory", tmp_path)
     oracle = new_memory()
@@ -193,6 +232,7 @@ def test_memory_stays_identical_and_equals_one_process(tmp_path):
     assert torch.equal(results[0]["memory"], oracle.memory)
 
 
+@pytest.mark.slow
 def test_sharded_knn_equals_one_process(tmp_path):
     results = run_on_two_ranks("knn", tmp_path)
     expected = knn_predict(*knn_data(), 5, chunk_elements=300 * 8)
@@ -200,6 +240,7 @@ def test_sharded_knn_equals_one_process(tmp_path):
         assert torch.equal(result["predictions"], expected)
 
 
+@pytest.mark.slow
 def test_assert_same_on_all_ranks_raises_when_ranks_differ(tmp_path):
     for result in run_on_two_ranks("mismatch", tmp_path):
         assert [message.split(" differs")[0] for message in result["messages"]] == ["signed zero", "length", "labels"]

@@ -68,6 +68,7 @@ def epoch_state(method, stop_after=None):
     return losses, model.state_dict(), memory.state_dict(), optimizer.state_dict()
 
 
+@pytest.mark.slow
 def test_an_epoch_stopped_and_continued_equals_an_epoch_that_never_stopped():
     for method in ("mb", "mu"):
         straight = epoch_state(method)
@@ -88,6 +89,7 @@ def straight_run(image_tree, tmp_path_factory):
     return metrics(os.path.join(out, "straight"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight_run, image_tree, tmp_path):
     """SIGINT / SIGTERM: the step finishes, last.pt holds the position inside the epoch, exit 128 + signal with

@@ -36,6 +36,7 @@ class NaNFrom(torch.nn.Module):
         return embeddings, logits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, term, named", [("mb", "embeddings", "loss_snca, embeddings"),
                                                  ("mu", "logits", "loss_ce")])
 def test_nan_stops_the_step_before_weights_and_memory_change(method, term, named):
