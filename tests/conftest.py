@@ -8,6 +8,9 @@ from PIL import Image
 from datasets.synthetic import CLASSES, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses whose runs are compared bit for bit sum with a fixed number of threads, whatever the machine
+# or its load (OpenMP's default follows the cores, and a reduction's order follows the threads).
+FIXED_THREADS = dict(os.environ, OMP_NUM_THREADS="2")
 
 
 def make_image_tree(root, classes=4, per_class=12, size=32, ext="png"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
+from conftest import FIXED_THREADS, REPO
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -23,7 +23,7 @@ TAGS = {"train/loss", "train/loss_snca", "train/loss_ce", "train/lr", "val/knn_a
 def run(method, *flags, cwd):
     """Run an entry point from ``cwd`` (not the repository) and return the completed process."""
     return subprocess.run([sys.executable, SCRIPTS[method], *flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=FIXED_THREADS)
 
 
 def small_run(method, data, out, *extra, epochs=2, run_name="run"):
