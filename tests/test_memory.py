@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_chunked_snca_loss import float32_error_bound
 
 from lib import KeyEncoder, Memory, snca_loss
 from lib.schedules import memory_momentum, step_lr
 from models import EmbeddingNet
+
+from conftest import float32_error_bound
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
