@@ -1,8 +1,8 @@
 """lib.distributed on two CPU processes (Gloo) against one process doing the same work.
 
-Each test spawns two workers that join a process group through ``init_distributed`` (as under
-torchrun), run one scenario, save their results in ``tmp_path`` and leave the group; the test then
-compares the files. Warnings are errors in the workers too.
+The tests share one start of two workers that join a process group through ``init_distributed`` (as
+under torchrun), run every scenario in turn, save their results in a temporary folder and leave the
+group; each test then compares its scenario's results. Warnings are errors in the workers too.
 """
 import os
 import socket
@@ -56,7 +56,7 @@ def join_ranks(rank, world, port):
 def worker(rank, port, scenario, out_dir):
     dist = join_ranks(rank, WORLD, port)
     try:
-        result = SCENARIOS[scenario](dist)
+        result = {name: SCENARIOS[name](dist) for name in scenario}
     finally:
         cleanup(dist)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -74,9 +74,9 @@ def spawn(worker, args, nprocs, what, timeout_s=TIMEOUT_S):
             pytest.fail(f"{what} did not finish in {timeout_s} s")
 
 
-def run_on_two_ranks(scenario, tmp_path):
-    """Run ``scenario`` on two ranks and return what each saved."""
-    spawn(worker, (free_port(), scenario, str(tmp_path)), WORLD, f"scenario {scenario!r}")
+def run_on_two_ranks(scenarios, tmp_path):
+    """Run ``scenarios`` (names, in turn) on two ranks and return what each rank saved, by scenario."""
+    spawn(worker, (free_port(), scenarios, str(tmp_path)), WORLD, f"scenarios {scenarios!r}")
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
@@ -193,13 +193,18 @@ def test_one_process_leaves_torch_distributed_alone(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def gathered(tmp_path_factory):
-    return run_on_two_ranks("gather", tmp_path_factory.mktemp("gather"))
+def ranks(tmp_path_factory):
+    """Every scenario, one after the other, in one start of two ranks (a start costs more than all of them)."""
+    return run_on_two_ranks(tuple(SCENARIOS), tmp_path_factory.mktemp("ranks"))
+
+
+def results_of(ranks, scenario):
+    return [result[scenario] for result in ranks]
 
 
 @pytest.mark.slow
-def test_all_gather_varlen_concatenates_unequal_lengths(gathered):
-    results = gathered
+def test_all_gather_varlen_concatenates_unequal_lengths(ranks):
+    results = results_of(ranks, "gather")
     for case, lengths in enumerate(LENGTH_PAIRS):
         floats, ints = zip(*(rows(rank, n) for rank, n in enumerate(lengths)))
         for result in results:
@@ -209,18 +214,18 @@ def test_all_gather_varlen_concatenates_unequal_lengths(gathered):
 
 
 @pytest.mark.slow
-def test_shuffle_bn_puts_every_row_back(gathered):
+def test_shuffle_bn_puts_every_row_back(ranks):
     """MoCo's shuffle-BN sends images to other ranks and their outputs back: with an encoder without BatchNorm,
     each rank gets encoder(its images), row for row, as if nothing had moved."""
-    for rank, result in enumerate(gathered):
+    for rank, result in enumerate(results_of(ranks, "gather")):
         want = RowWise()(shuffle_images(rank))
         assert len(result["shuffled"]) == len(want) == 2
         assert all(torch.equal(got, w) for got, w in zip(result["shuffled"], want))
 
 
 @pytest.mark.slow
-def test_memory_stays_identical_and_equals_one_process(tmp_path):
-    results = run_on_two_ranks("memory", tmp_path)
+def test_memory_stays_identical_and_equals_one_process(ranks):
+    results = results_of(ranks, "memory")
     oracle = new_memory()
     for epoch in range(EPOCHS):
         for step, batch in enumerate(epoch_batches(epoch)):
@@ -233,14 +238,14 @@ def test_memory_stays_identical_and_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_sharded_knn_equals_one_process(tmp_path):
-    results = run_on_two_ranks("knn", tmp_path)
+def test_sharded_knn_equals_one_process(ranks):
+    results = results_of(ranks, "knn")
     expected = knn_predict(*knn_data(), 5, chunk_elements=300 * 8)
     for result in results:
         assert torch.equal(result["predictions"], expected)
 
 
 @pytest.mark.slow
-def test_assert_same_on_all_ranks_raises_when_ranks_differ(tmp_path):
-    for result in run_on_two_ranks("mismatch", tmp_path):
+def test_assert_same_on_all_ranks_raises_when_ranks_differ(ranks):
+    for result in results_of(ranks, "mismatch"):
         assert [message.split(" differs")[0] for message in result["messages"]] == ["signed zero", "length", "labels"]
