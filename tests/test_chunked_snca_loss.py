@@ -181,6 +181,7 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow  # N = 200,000 three times, once in float64
 def test_memory_is_o_batch_times_chunk_not_batch_times_n():
     """N = 200,000, B = 64: a B x N float32 matrix would be 51 MB; no operator may return one."""
     batch, n, dim, chunk_size = 64, 200_000, 8, 4096
