@@ -4,8 +4,11 @@ import torch
 CHUNK_ELEMENTS = 2**26  # distances held at once: 256 MB in float32
 
 
-def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUNK_ELEMENTS):
+def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUNK_ELEMENTS, exclude_self=False):
     """Predictions of scikit-learn's ``KNeighborsClassifier(n_neighbors=k, weights="distance")``.
+
+    ``exclude_self``: the queries are the references (same rows, same order) and each one's own row is left
+    out of its neighbours (leave-one-out, as within the unseen classes' test images).
 
     Euclidean distance; each of the k nearest references votes with weight 1 / distance, and a query
     at distance 0 from some references takes only those (scikit-learn's rule). Ties go to the
@@ -15,13 +18,16 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
     references = references.to(queries.dtype)
     reference_labels = reference_labels.to(queries.device)
     num_classes = int(reference_labels.max()) + 1
-    k = min(k, len(references))
+    k = min(k, len(references) - int(exclude_self))
     ref_sq = (references * references).sum(dim=1)                                   # (N,)
     step = max(1, chunk_elements // len(references))
     predictions = []
-    for query in queries.split(step):
+    for start, query in zip(range(0, len(queries), step), queries.split(step)):
         # |q - r|^2 = |q|^2 + |r|^2 - 2 q.r; |q|^2 does not change the ranking, so it is added to the k kept.
         partial = torch.addmm(ref_sq, query, references.T, alpha=-2)                # (q, N)
+        if exclude_self:
+            rows = torch.arange(len(query), device=query.device)                     # (q,)
+            partial[rows, start + rows] = float("inf")
         partial, nearest = partial.topk(k, dim=1, largest=False)                    # (q, k)
         d2 = partial.double() + (query * query).sum(1, keepdim=True).double()
         distance = d2.clamp_min(0).sqrt()                                           # (q, k)
