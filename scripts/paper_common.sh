@@ -24,11 +24,13 @@ run() {
   if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
 }
 
-# train_and_eval ENTRY METHOD DATASET SEED, ENTRY being train_SNCA_CE (memory bank) or train_SNCA_CE_MC (momentum)
+# train_and_eval ENTRY METHOD DATASET SEED [SPLIT], ENTRY being train_SNCA_CE (memory bank) or train_SNCA_CE_MC
+# (momentum); SPLIT the entry points' --split (default reference; an unseen run is named <dataset>-unseen-...)
 train_and_eval() {
-  local entry=$1 method=$2 dataset=$3 seed=$4 memory=mb
+  local entry=$1 method=$2 dataset=$3 seed=$4 split=${5:-reference} memory=mb
   if [ "$entry" = train_SNCA_CE_MC ]; then memory=mu; fi
   local name="$dataset-$method-$memory-seed$seed"
+  if [ "$split" != reference ]; then name="$dataset-$split-$method-$memory-seed$seed"; fi
   local folder="$OUT/$name"
   if [ -f "$folder/eval/test/results.json" ]; then
     echo "= $name: done ($folder/eval/test/results.json)"
@@ -36,6 +38,7 @@ train_and_eval() {
   fi
   local train=(python3 "$entry/main.py" --data "$DATA" --method "$method" --dataset "$dataset" --seed "$seed"
                --epochs "$EPOCHS" --out "$OUT" --run-name "$name")
+  if [ "$split" != reference ]; then train+=(--split "$split"); fi
   if [ -f "$folder/checkpoints/last.pt" ]; then train+=(--resume "$folder"); fi
   run "${train[@]}"
   run python3 scripts/evaluate.py "$folder"

@@ -4,6 +4,7 @@ rotation table and D4 test-time augmentation; every number checked against sciki
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,16 @@ import torch.nn.functional as F
 from sklearn.metrics import classification_report as sklearn_classification_report
 from sklearn.neighbors import KNeighborsClassifier
 from test_entry_points import SCRIPTS, small_run
+from test_make_tables import MAKE_TABLES, read_markdown, write_run
 
 from datasets import decoded_images
 from datasets.folder import build_unseen_split
+from lib.args import get_args_parser
 from lib.device import resolve_precision
 from lib.inference import embed
 from lib.robustness import D4, transform
 from models import EmbeddingNet
+from scripts.make_tables import TRANSFORMS
 
 from conftest import REPO, make_image_tree
 
@@ -175,3 +179,55 @@ def test_too_few_classes_get_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("error: --split unseen:")
     assert "2 classes" in done.stderr and "Traceback" not in done.stderr
     assert not os.path.exists(tmp_path / "runs" / "run")
+
+
+# ---- tables and the paper script ----
+
+def test_make_tables_keeps_unseen_runs_apart_and_shows_the_new_tables(tmp_path):
+    rng = np.random.default_rng(0)
+    reference = write_run(tmp_path / "AID-snca-ce-mb-seed0", "snca-ce", "mb", "AID", 0, rng)
+    unseen = write_run(tmp_path / "AID-unseen-snca-ce-mb-seed0", "snca-ce", "mb", "AID", 0, rng)
+    args = json.loads((tmp_path / "AID-unseen-snca-ce-mb-seed0" / "args.json").read_text())
+    (tmp_path / "AID-unseen-snca-ce-mb-seed0" / "args.json").write_text(json.dumps({**args, "split": "unseen"}))
+    results_path = tmp_path / "AID-snca-ce-mb-seed0" / "eval" / "test" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["retrieval"].update({f"recall@{k}": rng.uniform() for k in (1, 2, 4, 8)} | {"map@r": rng.uniform()})
+    results["rotations"] = {t: {"map": rng.uniform(), "knn_oa": rng.uniform()} for t in D4}
+    results["rotations"]["worst"] = {"map": 0.125, "map_transform": "rot90", "knn_oa": 0.25,
+                                     "knn_oa_transform": "flip"}
+    results_path.write_text(json.dumps(results))
+    done = subprocess.run([sys.executable, MAKE_TABLES, str(tmp_path), "--out", str(tmp_path / "tables")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = read_markdown(tmp_path / "tables" / "tables.md")
+    knn = next(found[t] for t in found if t.startswith("kNN"))["SNCA-CE (MB)"]
+    assert knn["AID kNN@10 OA"] == f"{100 * reference['knn.10.overall']:.2f}"
+    assert knn["AID (unseen classes) kNN@10 OA"] == f"{100 * unseen['knn.10.overall']:.2f}"
+    learning = next(found[t] for t in found if t.startswith("Metric learning"))["SNCA-CE (MB)"]
+    assert learning["AID R@1"] == f"{100 * results['retrieval']['recall@1']:.2f}"
+    assert learning["AID MAP@R"] == f"{100 * results['retrieval']['map@r']:.2f}"
+    assert learning["AID (unseen classes) R@1"] == "–"  # this run's results predate Recall@K
+    rotation = next(found[t] for t in found if t.startswith("Rotation robustness: mAP"))["SNCA-CE (MB)"]
+    assert rotation["AID rot180"] == f"{100 * results['rotations']['rot180']['map']:.2f}"
+    assert rotation["AID worst"] == "12.50"
+    assert list(TRANSFORMS) == list(D4)
+
+
+def test_paper_table_unseen_dry_run(tmp_path):
+    env = dict(os.environ, DRY_RUN="1", DATA="/nonexistent", SEEDS="2", EPOCHS="1", OUT=str(tmp_path / "out"))
+    done = subprocess.run(["bash", os.path.join(REPO, "scripts", "paper_table_unseen.sh")], env=env,
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
+    train = [c for c in commands if c[1].startswith("train_SNCA_CE")]
+    evaluate = [c for c in commands if c[1] == "scripts/evaluate.py"]
+    assert len(train) == len(evaluate) == 2 * 2 * 6 and commands[-1][1] == "scripts/make_tables.py"
+    seen = set()
+    for command, evaluated in zip(train, evaluate):
+        memory = "mu" if command[1].startswith("train_SNCA_CE_MC") else "mb"
+        args = get_args_parser(memory).parse_args(command[2:])
+        assert args.split == "unseen" and args.seen_fraction == 0.8 and args.train_fraction == 0.8
+        assert args.run_name == f"{args.dataset}-unseen-{args.method}-{memory}-seed{args.seed}"
+        assert evaluated[2] == os.path.join(str(tmp_path / "out"), args.run_name)
+        seen.add((memory, args.method, args.dataset, args.seed))
+    assert len(seen) == 24 and not (tmp_path / "out").exists()
