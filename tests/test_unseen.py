@@ -231,3 +231,12 @@ def test_paper_table_unseen_dry_run(tmp_path):
         assert evaluated[2] == os.path.join(str(tmp_path / "out"), args.run_name)
         seen.add((memory, args.method, args.dataset, args.seed))
     assert len(seen) == 24 and not (tmp_path / "out").exists()
+
+
+def test_resume_refuses_another_split(unseen_run):
+    run, root = unseen_run
+    flags = small_run("mb", os.path.dirname(root), os.path.dirname(run), "--resume", run, epochs=2)  # no --split
+    done = subprocess.run([sys.executable, SCRIPTS["mb"], *flags], capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == ("error: --resume: the checkpoint has split='unseen', this run "
+                                                    "split='reference'")
