@@ -1,4 +1,5 @@
-"""Folder-based RS scene datasets, the reference split (SPEC.md section 3) and the authors' unseen-class split.
+"""Folder-based RS scene datasets, the reference split (docs/method.md section 3) and the authors' unseen-class
+split (docs/evaluation.md).
 
 Layout: ``<data>/<dataset>/<class>/<image>.<ext>``; classes are the sorted sub-folder names and a
 label is the class index.

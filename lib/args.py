@@ -1,6 +1,6 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (SPEC.md section 7) is a flag whose default is the paper's value.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value.
 The reference scripts' flags keep their names, meanings and defaults.
 """
 import argparse
@@ -9,7 +9,7 @@ from datasets.presets import PRESETS
 from models import ARCHS
 
 METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
-# The losses each entry point trains (SPEC.md section 9): the method, and the paper's baselines.
+# The losses each entry point trains (docs/method.md section 9): the method, and the paper's baselines.
 LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
 
 

@@ -1,5 +1,5 @@
-"""datasets.build_splits against the reference generator's order and the published counts (SPEC.md section 3); the
-authors' unseen-class split against their code's output and their code written out."""
+"""datasets.build_splits against the reference generator's order and the published counts (docs/method.md section 3);
+the authors' unseen-class split against their code's output and their code written out."""
 import json
 import os
 import random
