@@ -52,7 +52,8 @@ def file_check(root, args):
 
 
 def checked_splits(root, args, dist):
-    """The reference split, after the file check (made by rank 0 alone under torchrun, its report shared)."""
+    """The reference split (``--split unseen``: the authors' class-disjoint one), after the file check (made by
+    rank 0 alone under torchrun, its report shared)."""
     report = on_main(dist, file_check, root, args)
     if getattr(args, "split", "reference") == "unseen":
         splits = build_unseen_split(root, args.imgEXT, args.split_seed, args.seen_fraction, args.train_fraction,
