@@ -100,7 +100,7 @@ def evaluate_ranks(args, dist):
     model, run_args, run_dir = load_trained(args.target, device, args.checkpoint)
     queries, classes, root = recorded_split(run_dir, args.split, args.data)
     # Unseen classes are retrieved among themselves: each test image against the other test images.
-    within = run_args.get("split", "reference") == "unseen" and args.split == "test"
+    within = split_kind(run_args) == "unseen" and args.split == "test"
     database = queries if within else recorded_split(run_dir, "train", args.data)[0]
     out = os.path.join(run_dir, "eval", args.split + ("-tta-d4" if args.tta == "d4" else ""))
 
@@ -133,7 +133,9 @@ def evaluate_ranks(args, dist):
 
     # ---------------- metrics ----------------
     num_classes = len(classes)
-    shown = q_labels.unique() if within else torch.arange(num_classes, device=device)  # the classes queried
+    # The classes evaluated: all of them, or under --split unseen those of this split (the seen ones for val).
+    shown = torch.arange(num_classes, device=device) if split_kind(run_args) == "reference" else \
+        torch.cat([q_labels, db_labels]).unique()
     knn = knn_accuracies(q, q_labels, db, db_labels, KNN_KS, num_classes, exclude_self=within)
     retrieval = retrieval_scores(q, q_labels, db, db_labels, exclude_self=within)
     pr = retrieval.pop("pr_curve")
@@ -143,7 +145,7 @@ def evaluate_ranks(args, dist):
     report = classification_report(predicted, q_labels)
     report["per_class"] = {classes[c]: row for c, row in report["per_class"].items()}
     results = {"split": args.split, "checkpoint": os.path.abspath(checkpoint_path(args.target, args.checkpoint)),
-               "split_kind": run_args.get("split", "reference"), "database": "queries" if within else "train",
+               "split_kind": split_kind(run_args), "database": "queries" if within else "train",
                "tta": args.tta, "num_queries": len(q), "num_database": len(db),
                "knn": {str(k): v for k, v in knn.items()}, "clustering": clustering, "retrieval": retrieval,
                "per_class": report, "pr_curve": pr}
@@ -188,6 +190,11 @@ def evaluate_ranks(args, dist):
                     classes)
     print(summary(results))
     return out
+
+
+def split_kind(run_args):
+    """The run's --split: reference, or unseen (runs recorded before the flag existed are reference)."""
+    return run_args.get("split", "reference")
 
 
 def tsne(points, seed):

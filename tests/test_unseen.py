@@ -233,6 +233,18 @@ def test_paper_table_unseen_dry_run(tmp_path):
     assert len(seen) == 24 and not (tmp_path / "out").exists()
 
 
+def test_val_split_is_the_seen_classes_against_their_training_images(unseen_run):
+    run, _ = unseen_run
+    evaluate(run, "--split", "val")
+    folder = os.path.join(run, "eval", "val")
+    results = json.loads(Path(folder, "results.json").read_text())
+    classes = Path(run, "splits", "classes.txt").read_text().splitlines()
+    assert results["database"] == "train" and (results["num_queries"], results["num_database"]) == (8, 16)
+    with open(os.path.join(folder, "confusion_matrix.csv")) as f:
+        assert next(csv.reader(f))[1:] == classes[:4]  # the seen classes, not the unseen ones
+    assert set(results["per_class"]["per_class"]) <= set(classes[:4])
+
+
 def test_resume_refuses_another_split(unseen_run):
     run, root = unseen_run
     flags = small_run("mb", os.path.dirname(root), os.path.dirname(run), "--resume", run, epochs=2)  # no --split
