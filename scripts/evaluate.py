@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decoded_images  # noqa: E402
+from datasets.augment import pipeline_of  # noqa: E402
 from lib import plots  # noqa: E402
 from lib.device import resolve_precision  # noqa: E402
 from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
@@ -103,6 +104,8 @@ def evaluate_ranks(args, dist):
     within = split_kind(run_args) == "unseen" and args.split == "test"
     database = queries if within else recorded_split(run_dir, "train", args.data)[0]
     out = os.path.join(run_dir, "eval", args.split + ("-tta-d4" if args.tta == "d4" else ""))
+    pipeline = pipeline_of(run_args["band_stats"])  # N-band runs: their bands and per-band statistics
+    bands = getattr(pipeline, "bands", None)
 
     # ---------------- embeddings, on the device: each rank its share, gathered in order ----------------
     size = run_args["image_size"]
@@ -112,18 +115,19 @@ def evaluate_ranks(args, dist):
     for name, samples in sets.items():
         mine = shard_batch(torch.arange(len(samples)), dist.rank, dist.world_size)      # contiguous, rank order
         cache_dir = (args.cache_dir or run_args.get("cache_dir")) if dist.world_size == 1 else None
-        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers, cache_dir)  # (n,3,S,S) u8
+        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers, cache_dir,
+                                bands)                                                   # (n, C, S, S)
         mine_labels = labels[name][mine.to(device)].cpu()
 
         def network(batch, mine_labels=mine_labels):
-            return embed(model, batch, mine_labels, device, precision, args.batch_size)  # (n, D)
+            return embed(model, batch, mine_labels, device, precision, args.batch_size, pipeline)  # (n, D)
 
         def embedded(batch, network=network):  # this rank's share, with --tta, gathered from every rank
             return all_gather_varlen(tta_embed(network, batch) if args.tta == "d4" else network(batch), dist)
 
         emb[name] = embedded(images)                                                     # (N, D)
         if name == "queries":  # for TensorBoard's projector, and the queries under every symmetry
-            thumbnails = all_gather_varlen(thumbnail(images), dist)                          # (Q, 3, 32, 32)
+            thumbnails = all_gather_varlen(thumbnail(pipeline.display(images)), dist)        # (Q, 3, 32, 32)
             rotated = {t: embedded(transform(images, t)) for t in D4} if args.rotations else {}  # (Q, D) each
     if not dist.is_main:
         return None
@@ -134,14 +138,14 @@ def evaluate_ranks(args, dist):
     # ---------------- metrics ----------------
     num_classes = len(classes)
     # The classes evaluated: all of them, or under --split unseen those of this split (the seen ones for val).
-    shown = torch.arange(num_classes, device=device) if split_kind(run_args) == "reference" else \
+    scored = torch.arange(num_classes, device=device) if split_kind(run_args) == "reference" else \
         torch.cat([q_labels, db_labels]).unique()
     knn = knn_accuracies(q, q_labels, db, db_labels, KNN_KS, num_classes, exclude_self=within)
     retrieval = retrieval_scores(q, q_labels, db, db_labels, exclude_self=within)
     pr = retrieval.pop("pr_curve")
-    clustering = clustering_scores(q, q_labels, len(shown), seed=args.seed)
+    clustering = clustering_scores(q, q_labels, len(scored), seed=args.seed)
     predicted = knn_predict(q, db, db_labels, k=10, exclude_self=within)
-    matrix = confusion_matrix(predicted, q_labels, num_classes)[shown][:, shown].cpu().numpy()
+    matrix = confusion_matrix(predicted, q_labels, num_classes)[scored][:, scored].cpu().numpy()
     report = classification_report(predicted, q_labels)
     report["per_class"] = {classes[c]: row for c, row in report["per_class"].items()}
     results = {"split": args.split, "checkpoint": os.path.abspath(checkpoint_path(args.target, args.checkpoint)),
@@ -153,7 +157,7 @@ def evaluate_ranks(args, dist):
         results["rotations"] = rotation_scores(rotated.__getitem__, q_labels, db, db_labels, exclude_self=within)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    classes_shown = [classes[c] for c in shown.tolist()]
+    classes_shown = [classes[c] for c in scored.tolist()]
 
     # ---------------- tables, figures, embeddings ----------------
     write_csv(os.path.join(out, "confusion_matrix.csv"), ["true \\ predicted", *classes_shown],
@@ -174,8 +178,12 @@ def evaluate_ranks(args, dist):
     found = top_k(q[examples], db, EXAMPLE_RESULTS + within).cpu().numpy()            # (8, 10 or 11)
     if within:  # each example query's own image leaves its results
         found = np.stack([row[row != i][:EXAMPLE_RESULTS] for row, i in zip(found, examples)])  # (8, 10)
-    shown_queries = decoded_images([queries[i] for i in examples], size, 0).permute(0, 2, 3, 1).numpy()
-    shown_results = decoded_images([database[j] for j in found.flatten()], size, 0).permute(0, 2, 3, 1).numpy()
+
+    def shown(samples):  # uint8 RGB (n, S, S, 3): the images, or N-band images' RGB composites
+        return pipeline.display(decoded_images(samples, size, 0, bands=bands)).permute(0, 2, 3, 1).numpy()
+
+    shown_queries = shown([queries[i] for i in examples])
+    shown_results = shown([database[j] for j in found.flatten()])
     names = [[classes[db_labels[j]] for j in row] for row in found]
     plots.save(plots.retrieval_grid(shown_queries, shown_results.reshape(*found.shape, *shown_results.shape[1:]),
                                     db_labels.cpu().numpy()[found] == q_labels.cpu().numpy()[examples, None],
