@@ -10,6 +10,7 @@ from sklearn.metrics import classification_report as sklearn_classification_repo
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.neighbors import KNeighborsClassifier
 
+from lib.knn import knn_predict
 from lib.metrics import (
     PR_RECALLS,
     classification_report,
@@ -298,3 +299,23 @@ def test_classification_report_matches_scikit_learn():
     for average in ("macro avg", "weighted avg"):
         assert ours(got[average]) == pytest.approx(want[average], abs=1e-12)
     assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
+
+
+def test_knn_within_one_set_with_many_duplicates():
+    """Thirty exact copies of each of three points: every query's pool is all ties, the exact re-ranking over
+    every other row runs, and the query's own copy must stay out of it (at distance 0 it would decide its vote
+    alone). The oracle is knn_predict on the other rows (tested against scikit-learn with duplicates in
+    tests/test_knn.py)."""
+    rng = np.random.default_rng(12)
+    points = torch.tensor(np.repeat(rng.standard_normal((3, 4)), 30, axis=0))          # (90, 4)
+    labels = torch.tensor(np.repeat([0, 1, 2], 30))
+    labels[::7] = (labels[::7] + 1) % 3  # some copies of a point carry another label
+    for k in (1, 10):
+        got = knn_predict(points, points, labels, k=k, exclude_self=True)
+        keep = torch.ones(90, dtype=torch.bool)
+        want = []
+        for i in range(90):
+            keep[i] = False
+            want.append(knn_predict(points[i:i + 1], points[keep], labels[keep], k=k)[0])
+            keep[i] = True
+        assert torch.equal(got, torch.stack(want)), k

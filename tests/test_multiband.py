@@ -86,6 +86,7 @@ def runs(band_data, tmp_path_factory):
 FLIP, ROT90 = "horizontal flip (p=0.5)", "rotation by k x 90 degrees"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, channels, ops", [("mb", 13, [FLIP]), ("mu", 4, [FLIP, ROT90])])
 def test_n_band_runs_train_and_resume_exactly(runs, method, channels, ops):
     straight, split = (os.path.join(runs["out"], f"{method}-{kind}") for kind in ("straight", "split"))
@@ -101,6 +102,7 @@ def test_n_band_runs_train_and_resume_exactly(runs, method, channels, ops):
     assert json.loads(Path(straight, "args.json").read_text())["augmentation"] == ", ".join(ops)
 
 
+@pytest.mark.slow
 def test_band_statistics_are_numpys_over_the_training_split(runs, band_data):
     """band_stats.json against numpy's float64 mean and std over the training files (32 px: read as they are)."""
     folder = os.path.join(runs["out"], "mb-straight")
@@ -183,6 +185,7 @@ def test_rgb_composite_stretches_each_band_from_its_percentiles():
             np.testing.assert_array_equal(out[i, c].numpy(), want)
 
 
+@pytest.mark.slow
 def test_a_file_with_another_band_count_or_dtype_is_refused_by_name(band_data, tmp_path):
     data = tmp_path / "data"
     make_band_tree(str(data / "odd"), 4, per_class=7)
@@ -207,6 +210,7 @@ def test_a_file_with_another_band_count_or_dtype_is_refused_by_name(band_data, t
         band_input("1,6", None, 4, "uint16")
 
 
+@pytest.mark.slow
 def test_evaluate_retrieve_and_make_tables_on_a_13_band_run(runs, band_data, tmp_path):
     folder = os.path.join(runs["out"], "mb-straight")
     done = subprocess.run([sys.executable, EVALUATE, folder, "--device", "cpu", "--num_workers", "0",
@@ -271,6 +275,7 @@ def test_resuming_with_other_bands_is_refused_in_one_line():
             check_compatible(saved, SimpleNamespace(**args, bands=other), 21, 3)
 
 
+@pytest.mark.slow
 def test_two_ranks_train_n_band_images_as_one_process(band_data, tmp_path):
     """torchrun on 2 Gloo ranks, 4 bands with --rot90, against one one-thread process in test_ddp's setting (MB, the
     epoch in one batch, BatchNorm over the global batch, a learning rate low enough that the two summation orders
