@@ -9,8 +9,8 @@ import torch
 from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
 from datasets.check import check_dataset, summary
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
+from errors import InputError
 from lib.distributed import in_turn, on_main
-from lib.errors import InputError
 from lib.run import REPO
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it

@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from lib import Memory
 from lib.distributed import (
     Dist,
     all_gather_varlen,
@@ -28,7 +29,6 @@ from lib.distributed import (
     sharded_knn_predict,
 )
 from lib.knn import knn_predict
-from lib.memory import Memory
 
 WORLD = 2
 NUM_IMAGES, DIM, BATCH, EPOCHS = 49, 8, 16, 2  # batches of 16, 16, 16 and 1: the last leaves rank 1 empty
