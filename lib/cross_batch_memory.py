@@ -17,6 +17,7 @@ EMPTY = -1  # the dataset index of a slot never written
 
 class CrossBatchMemory(MemoryVariant):
     name, title = "xbm", "SNCA-CE (XBM): cross-batch memory (Wang et al., CVPR 2020), an extension beyond the paper"
+    options = {"queue_size": "queue_size"}
 
     def __init__(self, labels, dim, queue_size=8192, dtype=torch.float32, temperature=0.05, margin=0.0):
         super().__init__()
@@ -31,11 +32,6 @@ class CrossBatchMemory(MemoryVariant):
     def add_arguments(cls, group):
         group.add_argument("--queue-size", type=int, default=8192,
                            help="--memory xbm: embeddings in the queue, M (not in the SNCA-CE paper)")
-
-    @classmethod
-    def build(cls, args, labels, net, dist):
-        return cls(labels, args.dim, args.queue_size, getattr(torch, args.memory_dtype), args.temperature,
-                   args.margin)
 
     def loss(self, features, indices, labels):
         """Float32 also under autocast, as MB's: exp(1/0.05) overflows float16."""

@@ -19,6 +19,7 @@ class MemoryVariant(nn.Module):
     entry_point = "mb"   # the entry point whose --memory offers it (lib.methods.offered)
     reference = "extracted"  # the kNN reference that picks best.pt: 'bank' (reference_rows) or 'extracted'
     momentum = 0.0       # the memory momentum of the current epoch, logged as memory_momentum
+    options = {}         # constructor keyword -> the flag (args attribute) that sets it, for ``build``
 
     @classmethod
     def add_arguments(cls, group):
@@ -27,7 +28,13 @@ class MemoryVariant(nn.Module):
     @classmethod
     def build(cls, args, labels, net, dist):
         """The variant for a run: ``labels`` (N,) of the training images, ``net`` the network before DDP."""
-        raise NotImplementedError
+        return cls(labels, **cls.snca_options(args), **{key: getattr(args, flag) for key, flag in cls.options.items()})
+
+    @staticmethod
+    def snca_options(args):
+        """The flags every memory of the SNCA loss takes: D, its storage type, the temperature and the margin."""
+        return {"dim": args.dim, "dtype": getattr(torch, args.memory_dtype), "temperature": args.temperature,
+                "margin": args.margin}
 
     def set_epoch(self, epoch):
         """Apply the schedules of ``epoch`` (0-based) before its first step."""

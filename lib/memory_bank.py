@@ -22,6 +22,7 @@ class MemoryBank(MemoryVariant):
     """
 
     name, title, reference = "mb", "SNCA-CE (MB): memory bank", "bank"
+    options = {"momentum": "memory_momentum"}
 
     def __init__(self, labels, dim, dtype=torch.float32, temperature=0.05, margin=0.0, momentum=0.5):
         super().__init__()
@@ -36,11 +37,6 @@ class MemoryBank(MemoryVariant):
     def add_arguments(cls, group):
         group.add_argument("--memory-momentum", type=float, default=0.5,
                            help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
-
-    @classmethod
-    def build(cls, args, labels, net, dist):
-        return cls(labels, args.dim, getattr(torch, args.memory_dtype), args.temperature, args.margin,
-                   args.memory_momentum)
 
     def set_epoch(self, epoch):
         self.momentum = memory_momentum(epoch, self.initial_momentum)

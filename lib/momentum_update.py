@@ -68,8 +68,7 @@ class MomentumUpdate(MemoryVariant):
 
     @classmethod
     def build(cls, args, labels, net, dist):
-        bank = MemoryBank(labels, args.dim, getattr(torch, args.memory_dtype), args.temperature, args.margin)
-        return cls(bank, KeyEncoder(net, dist, args.key_bn), args.ema_momentum)
+        return cls(MemoryBank(labels, **cls.snca_options(args)), KeyEncoder(net, dist, args.key_bn), args.ema_momentum)
 
     def loss(self, features, indices, labels):
         return self.bank.loss(features, indices, labels)
