@@ -89,8 +89,8 @@ def restore_training_state(checkpoint, model, memory, optimizer, scaler, device)
         try:
             memory.load_state_dict(checkpoint["memory"])
         except RuntimeError as error:  # e.g. an MU checkpoint of before the key encoder moved into the memory entry
-            raise InputError(f"--resume: the checkpoint's memory does not fit this run's "
-                             f"({str(error).splitlines()[0]})") from None
+            reason = " ".join(str(error).split()[6:])[:300]  # after "Error(s) in loading state_dict for <class>:"
+            raise InputError(f"--resume: the checkpoint's memory does not fit this run's ({reason})") from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint["scaler"]:
         scaler.load_state_dict(checkpoint["scaler"])
