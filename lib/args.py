@@ -1,6 +1,6 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (SPEC.md section 7) is a flag whose default is the paper's value.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value.
 The reference scripts' flags keep their names, meanings and defaults.
 """
 import argparse
