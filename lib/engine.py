@@ -51,7 +51,7 @@ def train_one_epoch(model, memory, batches, optimizer, args, precision, draws=No
             embeddings, logits = model(images)                                          # (B, D), (B, C)
             writes = memory.writes(images, embeddings) if memory is not None else embeddings  # (B, D)
             loss_ce = part.mean(method.ce, logits, labels)                              # L_CE
-        # the metric term against the memory as it is before this step (MB, MU: L_SNCA, eq. 3-4)
+        # the metric term against the memory as it is before this step (SNCA: docs/method.md section 4)
         loss_metric = part.mean(method.metric, embeddings.float(), labels, indices, memory, args)
         loss = method.total(args, loss_metric, loss_ce)                                 # lambda * L_SNCA + L_CE
         check_finite(loss_metric, loss_ce, writes, where=f"{desc or 'training'}, step {step + 1}",

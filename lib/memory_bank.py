@@ -1,4 +1,4 @@
-"""MB, the memory bank (docs/method.md section 5; Kang et al., TGRS 2020, Section III-B; Wu et al., ECCV 2018):
+"""MB, the memory bank (docs/method.md section 5; Kang et al., TGRS 2020; Wu et al., ECCV 2018):
 one embedding per training image, a momentum average of the network's own past embeddings."""
 import math
 

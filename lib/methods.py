@@ -21,7 +21,7 @@ MEMORIES = {cls.name: cls for cls in (MemoryBank, MomentumUpdate, CrossBatchMemo
 
 
 def snca(embeddings, labels, indices, memory, args):
-    """L_SNCA against the memory (Kang et al., TGRS 2020, eq. 3-4), unweighted: lambda applies in the total."""
+    """L_SNCA against the memory (docs/method.md section 4), unweighted: lambda applies in the total."""
     return memory.loss(embeddings, indices, labels)
 
 

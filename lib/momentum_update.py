@@ -1,4 +1,4 @@
-"""MU, the momentum update (docs/method.md section 6; Kang et al., TGRS 2020, Section III-C): a slowly moving
+"""MU, the momentum update (docs/method.md section 6; Kang et al., TGRS 2020): a slowly moving
 copy of the network, the key encoder (He et al., MoCo, CVPR 2020), writes its embeddings into a memory of one
 row per training image; the rows are replaced, not averaged. The entry point is ``train_SNCA_CE_MC/main.py``
 (the folder keeps the name of the authors' code)."""
