@@ -46,7 +46,8 @@ def train_one_epoch(model, memory, batches, optimizer, args, precision, draws=No
     for step, (images, labels, indices) in enumerate(progress, start=first):
         part = BatchPart(len(labels), batches.global_size(step), dist)                # this rank's part of B
         images = method.inputs(images, indices, batches, draws)                        # triplet: + its pairs
-        images = part.augment(images, method.copies).contiguous(memory_format=memory_format)  # (B, 3, S, S)
+        images = part.augment(images, method.copies, batches.pipeline).contiguous(
+            memory_format=memory_format)                                                # (B, C_in, S, S)
         with autocast:
             embeddings, logits = model(images)                                          # (B, D), (B, C)
             writes = memory.writes(images, embeddings) if memory is not None else embeddings  # (B, D)
@@ -113,10 +114,12 @@ def extract_embeddings(model, batches, precision, dist=None):
     """
     autocast, _, memory_format = precision
     model.eval()
+    preprocess = getattr(batches, "pipeline", None)  # N-band images' pipeline, or None: the reference RGB
+    preprocess = preprocess.eval if preprocess is not None else eval_preprocess
     embeddings, labels, indices = [], [], []
     for images, target, index in batches:
         with autocast:
-            embeddings.append(model(eval_preprocess(images).contiguous(memory_format=memory_format))[0].float())
+            embeddings.append(model(preprocess(images).contiguous(memory_format=memory_format))[0].float())
         labels.append(target)
         indices.append(index)
     embeddings, labels = torch.cat(embeddings), torch.cat(labels)                   # (n, D), (n,)

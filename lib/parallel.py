@@ -32,16 +32,18 @@ class BatchPart(NamedTuple):
     global_size: int
     dist: Dist
 
-    def augment(self, images, copies=1):
+    def augment(self, images, copies=1, pipeline=None):
         """``train_augment`` of this rank's images with the draws of one process for the whole global batch
-        (``copies`` times: the triplet's anchors, positives and negatives), of which the rank applies its rows."""
+        (``copies`` times: the triplet's anchors, positives and negatives), of which the rank applies its rows.
+        ``pipeline``: N-band images' (``datasets.augment.BandPipeline``); None, the reference RGB one."""
+        train, draw = (pipeline.train, pipeline.draw) if pipeline is not None else (train_augment, draw_params)
         if self.dist.world_size == 1:
-            return train_augment(images)
+            return train(images)
         rows = shard_batch(torch.arange(self.global_size, device=images.device), self.dist.rank,
                            self.dist.world_size)                                          # (b,)
         rows = torch.cat([rows + copy * self.global_size for copy in range(copies)])     # (copies * b,)
-        params = draw_params(copies * self.global_size, images.device)
-        return train_augment(images, params={name: value[rows] for name, value in params.items()})
+        params = draw(copies * self.global_size, images.device)
+        return train(images, params={name: value[rows] for name, value in params.items()})
 
     def mean(self, loss, tensor, *rest):
         """``loss(tensor, *rest)``, the mean over this part; for an empty part 0, through which every parameter

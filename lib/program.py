@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from datasets.augment import RGB
 from errors import InputError, one_line
 from lib.args import get_args_parser
 from lib.checkpoint import (
@@ -88,10 +89,13 @@ def train_ranks(args, dist):
         check_compatible(checkpoint, args, num_train, num_classes)
     # The trunk weights before decoding (a missing download fails early); rank 0 fetches them first.
     weights = None if checkpoint else in_turn(dist, trunk_weights, args.model, args.pretrained, args.weights)
-    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, dist)
+    train_batches, val_batches, train_eval_batches, generator = make_batches(
+        splits, args, dist, report, checkpoint.get("band_stats") if checkpoint else None)
+    pipeline = train_batches.pipeline or RGB  # N-band images (--bands): their own pipeline and first layer
 
     # ---------------- model, memory (MU: with its key encoder), optimiser; DDP around the network ----------------
-    net = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
+    net = EmbeddingNet(args.model, args.dim, num_classes, weights, pipeline.channels, pipeline.rgb).to(
+        device, memory_format=precision.memory_format)
     method = METHODS[args.method]
     memory = MEMORIES[args.memory].build(args, train_batches.labels, net, dist).to(device) \
         if method.uses_memory else None
@@ -112,15 +116,19 @@ def train_ranks(args, dist):
     # ---------------- run folder (rank 0 writes) ----------------
     folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, device_used=str(device),
                                   world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
-                                  torch_version=torch.__version__)
+                                  torch_version=torch.__version__, augmentation=", ".join(pipeline.ops))
     if dist.is_main:
+        if pipeline.stats:
+            log.write_json("band_stats.json", pipeline.stats)
         print(f"run folder {folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
               f"{len(splits['test'])} train / val / test images, {device}"
-              + (f", {dist.world_size} ranks" if dist.world_size > 1 else ""))
+              + (f", {dist.world_size} ranks" if dist.world_size > 1 else "")
+              + f"; {pipeline.channels} bands; augmentation: {', '.join(pipeline.ops)}")
 
     def state(epoch, position=None):
-        return training_state(net, memory, optimizer, precision.scaler, epoch, best_acc, args, num_train, num_classes,
-                              position, dist.world_size, device)
+        return {**training_state(net, memory, optimizer, precision.scaler, epoch, best_acc, args, num_train,
+                                 num_classes, position, dist.world_size, device),
+                "band_stats": pipeline.stats}
 
     # ---------------- epochs: train, validate, log, checkpoint ----------------
     last = os.path.join(folder, "checkpoints", "last.pt")
