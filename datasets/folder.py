@@ -13,7 +13,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from lib.errors import InputError
+from errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
 

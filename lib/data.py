@@ -12,8 +12,8 @@ from datasets.bands import BandError, run_band_input, training_statistics
 from datasets.check import check_dataset, summary
 from datasets.folder import build_unseen_split
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
+from errors import InputError
 from lib.distributed import in_turn, on_main
-from lib.errors import InputError
 from lib.run import REPO
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
