@@ -45,6 +45,14 @@ def get_args_parser(memory="mb"):
                       help="with --bands: also rotate each training image by a random multiple of 90 degrees")
     data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--split", default="reference", choices=("reference", "unseen"),
+                      help="reference: every class split 0.7 / 0.1 / 0.2 (the paper's); unseen: the authors' "
+                      "class-disjoint split (DataGenClsSplit): seen classes train / val, the unseen ones are all test")
+    data.add_argument("--seen-fraction", type=float, default=0.8,
+                      help="--split unseen: share of the classes seen in training, int(f x C); authors: 0.8")
+    data.add_argument("--train-fraction", type=float, default=0.8,
+                      help="--split unseen: share of a seen class's images in train, int(f x n), the rest val; "
+                      "authors: 0.8")
     data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
     data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
                       help="keep the decoded, resized images on the training device, in CPU memory, or decode "

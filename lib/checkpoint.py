@@ -8,7 +8,8 @@ from errors import InputError, load_state  # noqa: F401 -- load_state: also read
 from lib.utils import rng_state, set_rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
-MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands")
+MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands", "split")
+ASSUMED = {"split": "reference"}  # what a checkpoint saved before an argument existed was trained with
 
 
 def save_checkpoint(path, state):
@@ -50,8 +51,8 @@ def resolve_resume(resume, out, run_name=None):
 
 def check_compatible(checkpoint, args, num_train, num_classes):
     """Refuse, in one line, a checkpoint whose configuration differs from this run's."""
-    saved = dict(checkpoint["args"], num_train=checkpoint["num_train"], num_classes=checkpoint["num_classes"])
-    ours = dict(vars(args), num_train=num_train, num_classes=num_classes)
+    saved = dict(ASSUMED | checkpoint["args"], num_train=checkpoint["num_train"], num_classes=checkpoint["num_classes"])
+    ours = dict(ASSUMED | vars(args), num_train=num_train, num_classes=num_classes)
     for key in (*MUST_MATCH, "num_train", "num_classes"):
         if saved.get(key) != ours.get(key):
             raise InputError(f"--resume: the checkpoint has {key}={saved.get(key)!r}, this run {key}={ours.get(key)!r}")

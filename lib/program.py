@@ -82,7 +82,8 @@ def train_ranks(args, dist):
     # ---------------- data: the reference split of the folder dataset, decoded once ----------------
     root = in_turn(dist, resolve_data, args)
     splits, report = checked_splits(root, args, dist)
-    num_train, num_classes = len(splits["train"]), len(splits["classes"])
+    # FC2 and the memory's labels span the training classes: under --split unseen the seen ones only.
+    num_train, num_classes = len(splits["train"]), splits.get("num_seen", len(splits["classes"]))
     if num_classes < 2:
         raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
     if checkpoint is not None:
