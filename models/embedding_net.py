@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lib.checkpoint import load_state
-from lib.errors import InputError
+from errors import InputError, load_state
 
 ARCHS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
 
