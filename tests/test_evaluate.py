@@ -15,7 +15,7 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 from sklearn.cluster import KMeans
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, classification_report
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.neighbors import KNeighborsClassifier
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -108,7 +108,11 @@ def retrieval_by_definition(query_labels, database_labels, order):
             hits.append((hits[-1] if hits else 0) + r)
             precision.append(hits[-1] / i)
         one = {"map": sum(p for p, r in zip(precision, relevant) if r) / total if total else 0.0,
-               "r_precision": hits[total - 1] / total if total else 0.0}
+               "r_precision": hits[total - 1] / total if total else 0.0,
+               # MAP@R: precision at the relevant ranks within the first R, over R
+               "map@r": sum(p for p, r in zip(precision[:total], relevant[:total]) if r) / total if total else 0.0}
+        for k in (1, 2, 4, 8):  # Recall@K: is one of the first k relevant?
+            one[f"recall@{k}"] = float(any(relevant[:k]))
         for k in (20, 50, 100):
             top = min(k, n)
             one[f"map@{k}"] = (sum(p for p, r in zip(precision[:top], relevant[:top]) if r) / hits[top - 1]
@@ -137,8 +141,11 @@ def test_results_match_scikit_learn_on_the_saved_embeddings(evaluated):
     results = json.loads(Path(evaluated, "results.json").read_text())
     q, ql, db, dbl = saved["queries"], saved["query_labels"], saved["database"], saved["database_labels"]
     assert (results["num_queries"], results["num_database"]) == (len(q), len(db))
-    assert set(results) == {"split", "checkpoint", "num_queries", "num_database", "knn", "clustering", "retrieval",
-                            "pr_curve"}
+    assert set(results) == {"split", "checkpoint", "split_kind", "database", "tta", "num_queries", "num_database",
+                            "knn", "clustering", "retrieval", "per_class", "pr_curve"}
+    assert (results["split"], results["split_kind"], results["database"], results["tta"]) == (
+        "test", "reference", "train", "none")
+    assert results["checkpoint"].endswith(os.path.join("checkpoints", "best.pt"))
     assert set(results["knn"]) == {"1", "5", "10"}
     for k in (1, 5, 10):
         predicted = KNeighborsClassifier(n_neighbors=k, weights="distance").fit(db, dbl).predict(q)
@@ -193,6 +200,26 @@ def test_results_match_scikit_learn_on_the_saved_embeddings(evaluated):
     assert list(saved["classes"]) == table[0][1:]
     assert np.array_equal(np.array([[int(v) for v in row[1:]] for row in table[1:]]),
                           sk_confusion(ql, predicted, labels=range(classes)))
+    # per-class precision, recall, F1 and support of the kNN@10 predictions: scikit-learn's report (ratios of
+    # counts: float64 rounding, under approx's 1e-6), in results.json and per_class.csv
+    report = classification_report(ql, predicted, zero_division=0, output_dict=True)
+    names = list(saved["classes"])
+    report = {c: {"f1" if k == "f1-score" else k: v for k, v in row.items()} if isinstance(row, dict) else row
+              for c, row in report.items()}  # scikit-learn's "f1-score" is "f1" there
+    per_class = {str(names[int(c)]): row for c, row in report.items() if c.isdigit()}
+    assert results["per_class"]["per_class"].keys() == per_class.keys()
+    for name, row in per_class.items():
+        assert results["per_class"]["per_class"][name] == pytest.approx(row), name
+    for average in ("macro avg", "weighted avg"):
+        assert results["per_class"][average] == pytest.approx(report[average])
+    assert results["per_class"]["accuracy"] == pytest.approx(report["accuracy"])
+    with open(os.path.join(evaluated, "per_class.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [r[0] for r in rows[1:]] == list(per_class)
+    for r in rows[1:]:
+        assert [float(v) for v in r[1:]] == pytest.approx([per_class[r[0]][k] for k in ("precision", "recall", "f1",
+                                                                                           "support")]), r[0]
 
 
 @pytest.mark.parametrize("figure", FIGURES)
