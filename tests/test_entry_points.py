@@ -111,8 +111,7 @@ def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, entry
 def test_baselines_train_and_resume_exactly(method, loss, term, entry_runs):
     """The paper's baselines (docs/method.md section 9) share the loop, logging and checkpoints: 2 epochs + 1 resumed
     equal 3 straight; the triplet's draws come from decoded files here (--cache none)."""
-    # SNCA is the default --method: its rows are the shared runs of the tests above
-    extra = CACHED if loss == "snca" else ("--method", loss, *(("--cache", "none") if loss == "triplet" else ()))
+    extra = ("--method", loss, *(("--cache", "none") if loss == "triplet" else ()))
     straight, _ = entry_runs(method, *extra, epochs=3)
     split, _ = entry_runs(method, *extra, resumed=3)
     lines = metrics(straight)
