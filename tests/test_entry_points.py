@@ -71,8 +71,8 @@ def test_trains_writes_the_run_folder_and_resumes(method, entry_runs, image_tree
         assert {"model", "memory", "optimizer", "epoch", "best_acc", "args", "rng"} <= state.keys()
     assert any(key.startswith("key_encoder.") for key in state["memory"]) == (method == "mu")  # MU owns it
 
-    # resumed through the checkpoint file (the resumed-run test below resumes through the folder for MU)
-    resumed_folder, resumed = entry_runs(method, *CACHED, resumed=3, via="file")
+    # resumed as the resumed-run test below resumes it (MB through last.pt, MU through the folder): the same run
+    resumed_folder, resumed = entry_runs(method, *CACHED, resumed=3, via="file" if method == "mb" else "folder")
     assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
     assert [m["epoch"] for m in metrics(resumed_folder)] == [1, 2, 3]
     assert torch.load(os.path.join(resumed_folder, "checkpoints", "last.pt"), weights_only=True)["epoch"] == 3
