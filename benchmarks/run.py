@@ -15,6 +15,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -211,6 +212,45 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
             lambda: reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader))
 
 
+# ---------------- the whole process, as a user runs it: start-up, training, validation, checkpoints ----------------
+WHOLE_FLAGS = ("--image-size", "64", "-b", "64", "--lr", "0.01", "--epochs", "4", "--num_workers", "2")
+
+
+def run_process(command):
+    """(wall seconds, CPU seconds, peak resident MB of the process) of one command, its output discarded."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"error: {shlex.join(command)} failed:\n{process.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def bench_whole(data, dataset, ext, rounds=3):
+    """Our entry point against the authors' process (benchmarks/reference_main.py), 64 px, ResNet-18 from scratch,
+    4 epochs, MB and MU, whole process from the command to its exit; the two take turns, median of ``rounds``."""
+    root = os.path.dirname(HERE)
+    with tempfile.TemporaryDirectory() as out:
+        data_flags = ["--data", data, "--dataset", dataset, "--imgEXT", ext, *WHOLE_FLAGS, "--out", out]
+        for memory_kind, entry in (("mb", "train_SNCA_CE"), ("mu", "train_SNCA_CE_MC")):
+            commands = {"ours": [sys.executable, os.path.join(root, entry, "main.py"), "--pretrained", "none",
+                                 "--device", "cpu", *data_flags],
+                        "reference": [sys.executable, os.path.join(HERE, "reference_main.py"), "--memory", memory_kind,
+                                      *data_flags]}
+            runs = {name: [] for name in commands}
+            for _ in range(rounds):
+                for name, command in commands.items():
+                    runs[name].append(run_process(command))
+            ours, ref = (np.median(np.array(runs[name]), axis=0) for name in ("ours", "reference"))
+            name = f"whole process, {memory_kind.upper()}, ResNet-18 from scratch, 64 px, -b 64, 4 epochs"
+            note = f"median of {rounds}, taking turns; {ours[0] / ref[0]:.2f} of the reference's time"
+            row(f"{name}: wall (s)", ours[0], ref[0], "s", "lower", note=note)
+            row(f"{name}: CPU (s)", ours[1], ref[1], "s", "lower")
+            row(f"{name}: peak resident memory (MB)", ours[2], ref[2], "MB", "lower")
+
+
 # ---------------- GPU only ----------------
 def bench_gpu(device, steps=30):
     batch = 256
@@ -318,7 +358,7 @@ def main():
     parser.add_argument("--dataset", default="RSSCN7")
     parser.add_argument("--imgEXT", default="jpg")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch"),
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "whole"),
                         help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
@@ -338,7 +378,7 @@ def main():
         sys.exit(f"error: no dataset at {root} (give --data and --dataset)")
     if args.quick:
         splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
-    only = set(args.only or ("data", "knn", "loss", "epoch"))
+    only = set(args.only or ("data", "knn", "loss", "epoch", "whole"))
     if "data" in only:
         bench_data(splits["train"], 256, args.workers)
     if "knn" in only:
@@ -348,6 +388,8 @@ def main():
     if "epoch" in only:
         for memory_kind in ("mb", "mu"):
             bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
+    if "whole" in only:
+        bench_whole(args.data, args.dataset, args.imgEXT, rounds=1 if args.quick else 3)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
 
 
