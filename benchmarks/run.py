@@ -1,8 +1,10 @@
 """Benchmarks: our code against the reference approach (benchmarks/reference.py), side by side in one run.
 
-    python benchmarks/run.py                 # CPU benchmarks on ../shared/data/RSSCN7 (or --data DIR)
-    python benchmarks/run.py --quick         # smaller sizes, a minute or two
-    python benchmarks/run.py --gpu           # the GPU benchmarks (benchmarks/gpu.sh runs this)
+    python benchmarks/run.py --data DIR --dataset RSSCN7          # CPU, on DIR/RSSCN7/<class>/*.jpg (any scene dataset)
+    python benchmarks/run.py --data DIR --dataset RSSCN7 --quick  # smaller sizes, a minute or two
+    python benchmarks/run.py --only knn loss                      # CPU, on generated tensors: no dataset needed
+    python benchmarks/run.py --gpu                                # the GPU benchmarks (benchmarks/gpu.sh runs this)
+    python benchmarks/run.py --only bands                         # N-band decode once, on 13-band GeoTIFFs it writes
 
 Prints a Markdown table and appends it, with the machine and the command, to benchmarks/RESULTS.md.
 Every figure is wall-clock on this machine: compare ratios within one run only.
@@ -32,7 +34,8 @@ from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
 from lib.args import get_args_parser  # noqa: E402
 from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
 from lib.device import compile_network, resolve_precision  # noqa: E402
-from lib.train import train_one_epoch, validate  # noqa: E402
+from lib.engine import train_one_epoch, validate  # noqa: E402
+from lib.momentum_update import MomentumUpdate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
 
 NWPU_TRAIN, NWPU_VAL, NWPU_CLASSES = 22005, 3195, 45
@@ -79,6 +82,41 @@ def bench_data(samples, size, workers):
         note="decoded once, batched augmentation")
     row(f"data, {size} px, {workers} workers: first epoch, decode + augment (images/s)", n / (decode_s + augment_s),
         n / ref_s)
+
+
+# ---------------- N-band (13-band uint16 GeoTIFF) decode once ----------------
+def bench_bands(workers, count=2000, size=64, bands=13):
+    """Decode-once throughput of EuroSAT-MS-like files (``count`` images, 64 px, 13 uint16 bands, written here
+    with tifffile), kept at 64 px as EuroSAT is used (no resize), and of a tenth of them resized to 256 px (the
+    kept array grows 16-fold); and one pass of the N-band training pipeline (standardise, flip, rot90) over the
+    64 px images."""
+    import tempfile
+
+    import tifffile
+
+    from datasets.augment import BandPipeline
+    from datasets.bands import band_input, band_statistics
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as root:
+        samples = []
+        for k in range(count):
+            os.makedirs(os.path.join(root, f"c{k % 10}"), exist_ok=True)
+            path = os.path.join(root, f"c{k % 10}", f"{k}.tif")
+            tifffile.imwrite(path, rng.integers(0, 10000, (bands, size, size), dtype=np.uint16),
+                             photometric="minisblack", planarconfig="separate")
+            samples.append((path, k % 10))
+        layout = band_input("all", "4,3,2", bands, "uint16")
+        for target, part in ((256, samples[: count // 10]), (size, samples)):
+            seconds, images = timed(lambda: decoded_images(part, target, workers, bands=layout))
+            row(f"N-band decode once, {len(part)} x {bands}-band uint16 {size} px -> {target} px, {workers} workers "
+                "(images/s)", len(part) / seconds,
+                note=f"tifffile; kept as {str(images.dtype)[6:]}, {images.nbytes / 2**20:.0f} MiB")
+        pipeline = BandPipeline(layout.with_stats(*band_statistics(images.split(256))), rot90=True)
+        batches = TensorBatches(images, [label for _, label in samples], 256, CPU, shuffle=True)
+        seconds, _ = timed(lambda: [pipeline.train(x) for x, _, _ in batches])
+        row(f"N-band training pipeline, {bands} bands {size} px (images/s)", count / seconds,
+            note="standardise, flip, rot90; CPU")
 
 
 # ---------------- kNN at NWPU size ----------------
@@ -182,14 +220,15 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
     key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     memory = Memory(labels, args.dim)
+    ours = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program builds it
     if variant.startswith("ours"):
         train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
         batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
         val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
         eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
-        step_model = compile_network(model, key_encoder) if variant == "ours-compile" else model
-        return (lambda: train_one_epoch(step_model, memory, key_encoder, batches, optimizer, args, 0.5, precision),
-                lambda: validate(model, memory, val_batches, eval_batches, 10, precision))
+        step_model = compile_network(model, ours) if variant == "ours-compile" else model
+        return (lambda: train_one_epoch(step_model, ours, batches, optimizer, args, precision),
+                lambda: validate(model, ours, val_batches, eval_batches, 10, precision))
     if variant == "floor":
         inputs = [(torch.randn(len(part), 3, size, size).contiguous(memory_format=precision.memory_format),
                    labels[part]) for part in torch.arange(len(train)).split(args.batch_size)]
@@ -286,19 +325,26 @@ def bench_gpu(device, steps=30):
         key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
         memory = Memory(labels[:NWPU_TRAIN], args.dim).to(device)
+        memory = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program does
         train = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), batch, device, shuffle=True)
         head = list(itertools.islice(train, 3 + steps))
-        train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, precision)
-        seconds, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
-                                                    precision), device)
+        train_one_epoch(model, memory, head[:3], optimizer, args, precision)
+        seconds, _ = timed(lambda: train_one_epoch(model, memory, head[3:], optimizer, args, precision), device)
         row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
+        if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
+            fp32 = resolve_precision(device, "none")
+            train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, fp32)
+            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
+                                                       fp32), device)
+            row(f"training, {arch} {memory_kind.upper()}, 256 px, float32 (cuDNN's default TF32 convolutions), "
+                "channels_last, augmentation included (images/s)", steps * batch / fp32_s,
+                note=f"bf16 is {fp32_s / seconds:.2f}x faster")
         if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
             compiled = compile_network(model)
-            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[:3], optimizer, args,
-                                                          0.5, precision), device)
-            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[3:], optimizer, args,
-                                                        0.5, precision), device)
+            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, head[:3], optimizer, args, precision),
+                                 device)
+            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, head[3:], optimizer, args, precision), device)
             row(f"training, {arch} MB, 256 px, bf16, channels_last, --compile, augmentation included (images/s)",
                 steps * batch / seconds, note=f"after {compile_s:.0f} s of compilation")
         if arch == "resnet18":
@@ -306,7 +352,7 @@ def bench_gpu(device, steps=30):
             train_eval = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), 512, device)
 
             def epoch():
-                train_one_epoch(model, memory, key_encoder, train, optimizer, args, 0.5, precision)
+                train_one_epoch(model, memory, train, optimizer, args, precision)
                 return validate(model, memory, val, train_eval, 10, precision)
             seconds, _ = timed(epoch, device)
             row(f"NWPU-sized epoch (22,005 + 3,195 generated images), {arch} {memory_kind.upper()}, validation "
@@ -331,7 +377,7 @@ def bench_reference_loader(samples, size, workers, passes=3):
     sum(len(x) for x, _, _ in loader)
     seconds, count = timed(lambda: sum(len(x) for _ in range(passes) for x, _, _ in loader))
     row(f"reference PIL pipeline, {size} px, {workers} workers (images/s)", count / seconds,
-        note=f"{len(samples)} RSSCN7 images x {passes} passes, workers started")
+        note=f"{len(samples)} images x {passes} passes, workers started")
 
 
 def machine(device):
@@ -354,19 +400,21 @@ def main():
     parser = argparse.ArgumentParser(description="Benchmarks against the reference approach.")
     parser.add_argument("--quick", action="store_true", help="smaller problems")
     parser.add_argument("--gpu", action="store_true", help="the GPU benchmarks")
-    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data"))
-    parser.add_argument("--dataset", default="RSSCN7")
-    parser.add_argument("--imgEXT", default="jpg")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="folder holding --dataset: needed by the CPU data and epoch benchmarks; on the GPU "
+                        "it adds the reference PIL pipeline's row")
+    parser.add_argument("--dataset", default="RSSCN7", help="scene dataset folder under --data")
+    parser.add_argument("--imgEXT", default="jpg", help="its image extension")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "whole"),
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands", "whole"),
                         help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_worker:
         return loss_worker(args.loss_worker, args.n)
-    root = os.path.join(args.data, args.dataset)
-    splits = build_splits(root, args.imgEXT) if os.path.isdir(root) else None
+    root = os.path.join(args.data, args.dataset) if args.data else None
+    splits = build_splits(root, args.imgEXT) if root and os.path.isdir(root) else None
     if args.gpu:
         device = torch.device("cuda")
         if splits:
@@ -374,11 +422,12 @@ def main():
         bench_gpu(device)
         return write_results(device, "GPU benchmarks")
     device = torch.device("cpu")
-    if splits is None:
-        sys.exit(f"error: no dataset at {root} (give --data and --dataset)")
-    if args.quick:
+    only = set(args.only or ("data", "knn", "loss", "epoch", "bands", "whole"))
+    if splits is None and only & {"data", "epoch", "whole"}:
+        sys.exit("error: the data and epoch benchmarks need a scene dataset: give --data DIR --dataset NAME "
+                 f"(--imgEXT EXT), DIR/NAME/<class>/<image>.EXT{'; there is none at ' + root if root else ''}")
+    if args.quick and splits:
         splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
-    only = set(args.only or ("data", "knn", "loss", "epoch", "whole"))
     if "data" in only:
         bench_data(splits["train"], 256, args.workers)
     if "knn" in only:
@@ -388,6 +437,8 @@ def main():
     if "epoch" in only:
         for memory_kind in ("mb", "mu"):
             bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
+    if "bands" in only:
+        bench_bands(args.workers, 500 if args.quick else 2000)
     if "whole" in only:
         bench_whole(args.data, args.dataset, args.imgEXT, rounds=1 if args.quick else 3)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))

@@ -1,24 +1,23 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (SPEC.md section 7) is a flag whose default is the paper's value.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value.
 The reference scripts' flags keep their names, meanings and defaults.
 """
 import argparse
 
+from datasets.bands import parse_band_list, parse_rgb_bands
 from datasets.presets import PRESETS
+from lib.methods import MEMORIES, METHODS, offered
 from models import ARCHS
-
-METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
-# The losses each entry point trains (SPEC.md section 9): the method, and the paper's baselines.
-LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
 
 
 def get_args_parser(memory="mb"):
+    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.methods.MEMORIES``)."""
+    memories, methods = offered(memory)
     parser = argparse.ArgumentParser(
-        description=f"Train {METHODS[memory]} (Kang et al., IEEE TGRS 2020).",
+        description=f"Train {MEMORIES[memory].title} (Kang et al., IEEE TGRS 2020).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.set_defaults(memory=memory)
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None, help="folder holding <dataset>/<class>/<image>; "
@@ -34,8 +33,26 @@ def get_args_parser(memory="mb"):
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave unreadable and empty files out of the split (with a warning) instead of stopping; "
                       "the rest gets the reference split of itself")
+    data.add_argument("--bands", default=None, type=parse_band_list,
+                      help="read multi-band .tif/.tiff files (tifffile), keeping these 1-based bands in this "
+                      "order, e.g. 4,3,2,8, or all (default: the --dataset preset's, EuroSAT_MS: all; else 8-bit "
+                      "RGB images)")
+    data.add_argument("--rgb-bands", default=None, type=parse_rgb_bands,
+                      help="with --bands: the red, green and blue bands, which get ImageNet's filters and make the "
+                      "figures' composites (default: the preset's, EuroSAT_MS: 4,3,2; else none: every band gets "
+                      "the mean ImageNet filter and figures show band 1 in grey)")
+    data.add_argument("--rot90", action="store_true",
+                      help="with --bands: also rotate each training image by a random multiple of 90 degrees")
     data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--split", default="reference", choices=("reference", "unseen"),
+                      help="reference: every class split 0.7 / 0.1 / 0.2 (the paper's); unseen: the authors' "
+                      "class-disjoint split (DataGenClsSplit): seen classes train / val, the unseen ones are all test")
+    data.add_argument("--seen-fraction", type=float, default=0.8,
+                      help="--split unseen: share of the classes seen in training, int(f x C); authors: 0.8")
+    data.add_argument("--train-fraction", type=float, default=0.8,
+                      help="--split unseen: share of a seen class's images in train, int(f x n), the rest val; "
+                      "authors: 0.8")
     data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
     data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
                       help="keep the decoded, resized images on the training device, in CPU memory, or decode "
@@ -62,35 +79,20 @@ def get_args_parser(memory="mb"):
     optim.add_argument("--weight-decay", type=float, default=1e-4, help="paper: 1e-4")
 
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--method", default="snca-ce", choices=LOSSES[memory],
-                      help="snca-ce: lambda * L_SNCA + L_CE (the paper's method); snca: L_SNCA alone"
-                      + ("; d-cnn: L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), no memory; triplet: "
-                         "the triplet loss with random positives and negatives, no memory" if memory == "mb" else ""))
+    loss.add_argument("--method", default="snca-ce", choices=methods,
+                      help="; ".join(f"{name}: {METHODS[name].help}" for name in methods))
     loss.add_argument("--temperature", type=float, default=0.05, help="SNCA temperature T; paper: 0.05")
     loss.add_argument("--margin", type=float, default=0.0, help="SNCA margin in cosine units (divided by T); paper: 0")
     loss.add_argument("--lambda_", type=float, default=1.0, help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
 
-    if memory == "mb":
-        loss.add_argument("--dcnn-tau", type=float, default=0.44,
-                          help="D-CNN distance threshold tau; Cheng et al.: 0.44")
-        loss.add_argument("--dcnn-beta", type=float, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
-        loss.add_argument("--dcnn-weight", type=float, default=1.0,
-                          help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
-        loss.add_argument("--triplet-margin", type=float, default=0.2,
-                          help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
-                          "paper; FaceNet's 0.2)")
+    for name in methods:
+        METHODS[name].add_arguments(loss)
 
-    method = parser.add_argument_group(METHODS[memory])
-    if memory == "mb":
-        method.add_argument("--memory-momentum", type=float, default=0.5,
-                            help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
-    else:
-        method.add_argument("--ema-momentum", type=float, default=0.999,
-                            help="key-encoder EMA momentum; paper: 0.999")
-        method.add_argument("--key-bn", default="sync", choices=("sync", "shuffle"),
-                            help="under torchrun, the key encoder's BatchNorm batch: sync, the whole global batch "
-                            "(the paper's one-GPU setting, exactly); shuffle, MoCo's shuffle-BN across ranks. "
-                            "One process: the whole batch either way")
+    titles = "; ".join(f"{name}: {MEMORIES[name].title}" for name in memories)
+    parser.add_argument_group("memory").add_argument("--memory", default=memory, choices=memories,
+                                                     help=f"the memory of L_SNCA: {titles}")
+    for name in memories:
+        MEMORIES[name].add_arguments(parser.add_argument_group(MEMORIES[name].title))
 
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=int, default=0,
@@ -100,7 +102,7 @@ def get_args_parser(memory="mb"):
                      help="mixed precision of the network (default: bf16 on CUDA, none elsewhere); "
                      "the SNCA loss, the memory and kNN stay float32")
     run.add_argument("--compile", action="store_true",
-                     help="torch.compile the training step's network (and the key encoder): faster steps on a GPU "
+                     help="torch.compile the training step's network (and MU's key encoder): faster steps on a GPU "
                      "after a compilation of tens of seconds per batch shape; needs Triton (CUDA) or a C++ "
                      "compiler (CPU)")
     run.add_argument("--sync-bn", action="store_true",

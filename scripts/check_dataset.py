@@ -14,6 +14,7 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.bands import parse_band_list  # noqa: E402
 from datasets.check import KINDS, check_dataset, summary  # noqa: E402
 from datasets.folder import SPLIT_NAMES  # noqa: E402
 from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
@@ -26,6 +27,9 @@ def get_args_parser():
     parser.add_argument("--data", required=True, help="folder holding <dataset>/<class>/<image>")
     parser.add_argument("--dataset", required=True, help="dataset folder name; known: " + ", ".join(sorted(PRESETS)))
     parser.add_argument("--imgEXT", default=None, help="image extension (default: the preset's, else tif)")
+    parser.add_argument("--bands", default=None, type=parse_band_list,
+                        help="check the files as N-band TIFFs (tifffile): each must have the band count and data type "
+                        "of most (default: the preset's, EuroSAT_MS: all; else 8-bit RGB images)")
     parser.add_argument("--split-seed", type=int, default=42, help="seed of the reference split")
     parser.add_argument("--check-images", default="full", choices=("header", "full"),
                         help="header: read each header; full: decode each image (finds truncated files)")
@@ -38,15 +42,17 @@ def get_args_parser():
 def main():
     args = get_args_parser().parse_args()
     ext = args.imgEXT or (PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif")
+    bands = args.bands or (PRESETS[args.dataset].bands if args.dataset in PRESETS else None)
     root = dataset_root(args.data, args.dataset)
     try:
         report = check_dataset(root, ext, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images)
+                               args.skip_bad_images, bands)
     except InputError as error:
         sys.exit(f"error: {one_line(error)}")
 
     width = max(len(c) for c in report["classes"])
-    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}")
+    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}"
+          + (f", {report['bands']} bands per file (most files)" if report["bands"] else ""))
     print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLIT_NAMES))
     for name, counts in report["counts"].items():
         print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>6}" for s in SPLIT_NAMES))

@@ -6,8 +6,10 @@
 Every folder holding an ``args.json`` below the given folders is a run. Runs are grouped by the method, memory and
 dataset recorded in their ``args.json``, never by folder name; the runs of a group are its seeds. Written to --out:
 
-- ``tables.md``: one Markdown table per metric family (kNN, retrieval mAP, retrieval P@k, clustering, validation),
-  cells ``mean ± std`` in percent (ANMRR x 100 too), an ``n`` column per dataset counting the runs averaged.
+- ``tables.md``: one Markdown table per metric family (kNN, retrieval mAP, retrieval P@k, clustering, Recall@K and
+  MAP@R, rotation robustness when evaluated, validation), cells ``mean ± std`` in percent (ANMRR x 100 too), an ``n``
+  column per dataset counting the runs averaged. Runs trained with ``--split unseen`` form their own dataset column,
+  "<dataset> (unseen classes)".
   Runs without ``eval/<split>/results.json`` (``scripts/evaluate.py``) count in the validation table only.
 - ``tables.csv``: long format ``method, dataset, metric, mean, std, n``, values as recorded (fractions in [0, 1]).
 - ``learning_curves.png``: validation kNN@10 per epoch, mean over seeds with a min..max band (the paper's Fig. 4).
@@ -25,6 +27,9 @@ from matplotlib.figure import Figure
 
 NAMES = {"snca-ce": "SNCA-CE", "snca": "SNCA", "d-cnn": "D-CNN", "triplet": "Triplet"}  # also the row order
 MEMORY_NAMED = {"snca-ce", "snca"}  # the methods trained with either memory; the baselines use the bank only
+# The names of lib.robustness.D4, in its order (this script reads JSON only and imports nothing of the repository).
+TRANSFORMS = ("identity", "rot90", "rot180", "rot270", "flip", "flip-rot90", "flip-rot180", "flip-rot270")
+UNSEEN = " (unseen classes)"  # a --split unseen run's dataset column: its test split holds other classes
 KNN = [(f"knn.{k}.{kind}", f"kNN@{k} {short}") for k in (1, 5, 10) for kind, short in (("overall", "OA"),
                                                                                      ("average", "AA"))]
 TABLES = [  # (title, [(metric: path into results.json, column label)])
@@ -36,6 +41,12 @@ TABLES = [  # (title, [(metric: path into results.json, column label)])
      [(f"retrieval.precision@{k}", f"P@{k}") for k in (1, 5, 10, 20, 50, 100)]),
     ("Clustering of the test embeddings (K-means accuracy, NMI, %)",
      [("clustering.kmeans_accuracy", "K-means acc."), ("clustering.nmi", "NMI")]),
+    ("Metric learning: Recall@K, MAP@R and R-precision (Musgrave et al., ECCV 2020; %)",
+     [(f"retrieval.recall@{k}", f"R@{k}") for k in (1, 2, 4, 8)]
+     + [("retrieval.map@r", "MAP@R"), ("retrieval.r_precision", "R-prec.")]),
+    *[(f"Rotation robustness: {label} of the queries under each symmetry of the square against the unrotated "
+       "database (evaluate.py --rotations; %)", [(f"rotations.{t}.{metric}", t) for t in TRANSFORMS]
+       + [(f"rotations.worst.{metric}", "worst")]) for metric, label in (("map", "mAP"), ("knn_oa", "kNN@10 OA"))],
 ]
 VALIDATION = ("Validation kNN@10 during training, best and last epoch (%)",
               [("val.knn_acc.best", "val best"), ("val.knn_acc.last", "val last")])
@@ -74,8 +85,8 @@ def load_run(folder, split):
     """A run's group key (method, memory, dataset), its scalar metrics, validation curve and PR curve."""
     with open(os.path.join(folder, "args.json")) as f:
         args = json.load(f)
-    run = {"key": (args.get("method", "snca-ce"), args["memory"], args["dataset"]), "values": {}, "curve": {},
-           "pr": None}
+    dataset = args["dataset"] + (UNSEEN if args.get("split") == "unseen" else "")
+    run = {"key": (args.get("method", "snca-ce"), args["memory"], dataset), "values": {}, "curve": {}, "pr": None}
     metrics_path = os.path.join(folder, "metrics.jsonl")
     if os.path.isfile(metrics_path):
         with open(metrics_path) as f:
@@ -89,11 +100,11 @@ def load_run(folder, split):
             results = json.load(f)
         for _, metrics in TABLES:
             for metric, _ in metrics:
-                family, *keys = metric.split(".")
-                value = results[family]
-                for key in keys:
-                    value = value[key]
-                run["values"][metric] = value
+                value = results
+                for key in metric.split("."):  # older results lack the newer metrics, and --rotations is optional
+                    value = value.get(key) if isinstance(value, dict) else None
+                if value is not None:
+                    run["values"][metric] = value
         run["pr"] = (results["pr_curve"]["recall"], results["pr_curve"]["precision"])
     return run
 
@@ -187,7 +198,8 @@ def main():
 
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write(f"# Results of {len(runs)} runs ({args.split} split): mean ± sample std over the n seeds\n\n")
-        f.write("\n".join(markdown_table(*table, summary, rows, datasets) for table in TABLES + [VALIDATION]))
+        f.write("\n".join(markdown_table(*table, summary, rows, datasets) for table in TABLES + [VALIDATION]
+                          if any(metric in s for s in summary.values() for metric, _ in table[1])))
     with open(os.path.join(out, "tables.csv"), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "dataset", "metric", "mean", "std", "n"])

@@ -1,0 +1,100 @@
+"""The registries: every method and every memory is one entry (docs/method.md sections 1, 4-6 and 9).
+
+A method names its metric term (logged as ``loss_<term>``), whether L_CE is added, whether it needs the entry
+point's memory (``--memory``; then the memory's kNN reference picks best.pt, else the re-extracted training
+embeddings do), and what it asks of a batch. A memory is a ``lib.memory.MemoryVariant`` class. The training loop,
+the program, the checkpoints and the flags read these tables and never test a name.
+"""
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from lib.cross_batch_memory import CrossBatchMemory
+from lib.dcnn_loss import dcnn_loss
+from lib.memory_bank import MemoryBank
+from lib.momentum_update import MomentumUpdate
+from lib.triplet_loss import sample_triplets, triplet_loss
+
+MEMORIES = {cls.name: cls for cls in (MemoryBank, MomentumUpdate, CrossBatchMemory)}
+
+
+def snca(embeddings, labels, indices, memory, args):
+    """L_SNCA against the memory (docs/method.md section 4), unweighted: lambda applies in the total."""
+    return memory.loss(embeddings, indices, labels)
+
+
+def dcnn(embeddings, labels, indices, memory, args):
+    return args.dcnn_weight * dcnn_loss(embeddings, labels, args.dcnn_tau, args.dcnn_beta)
+
+
+def triplet(embeddings, labels, indices, memory, args):
+    anchors, positives, negatives = embeddings.chunk(3)                                # (B, D) each
+    return triplet_loss(anchors, positives, negatives, args.triplet_margin)
+
+
+def with_triplets(images, indices, batches, draws):
+    """The anchors' images followed by their drawn positives' and negatives': one forward pass for all three."""
+    others = indices.cpu()
+    return torch.cat([images, batches.images_at(draws[0][others]), batches.images_at(draws[1][others])])
+
+
+def dcnn_arguments(group):
+    group.add_argument("--dcnn-tau", type=float, default=0.44, help="D-CNN distance threshold tau; Cheng et al.: 0.44")
+    group.add_argument("--dcnn-beta", type=float, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
+    group.add_argument("--dcnn-weight", type=float, default=1.0,
+                       help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
+
+
+def triplet_arguments(group):
+    group.add_argument("--triplet-margin", type=float, default=0.2,
+                       help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
+                       "paper; FaceNet's 0.2)")
+
+
+class Method(NamedTuple):
+    term: str                   # the metric term, logged as loss_<term>
+    with_ce: bool               # L_CE is added (else FC2 gets no gradient and is frozen)
+    uses_memory: bool           # the metric term is SNCA against the entry point's --memory
+    metric: Callable            # (embeddings (B, D) float32, labels, indices, memory, args) -> scalar
+    help: str
+    add_arguments: Callable = lambda group: None  # the method's own flags
+    pairwise: bool = False      # compares a batch's images with each other: one process only (no torchrun)
+    draw: Callable = None       # (labels, generator) -> the epoch's random draws, for ``inputs``
+    inputs: Callable = lambda images, indices, batches, draws: images  # what goes through the network
+    copies: int = 1             # images through the network per batch image (triplet: anchor, positive, negative)
+
+    def ce(self, logits, labels):
+        """L_CE on the class prototypes (float32 under autocast), or 0 for a method without it."""
+        return F.cross_entropy(logits, labels) if self.with_ce else logits.new_zeros(())
+
+    def total(self, args, metric, ce):
+        """L = lambda * L_SNCA + L_CE (docs/method.md section 1); a baseline's terms are summed as published."""
+        return (args.lambda_ * metric if self.term == "snca" else metric) + ce
+
+    def reference(self, memory):
+        """The kNN reference that picks best.pt: the memory's, else the re-extracted training embeddings."""
+        return memory.reference if self.uses_memory else "extracted"
+
+    def draws(self, labels, seed):
+        return self.draw(labels, torch.Generator().manual_seed(seed)) if self.draw is not None else None
+
+
+METHODS = {
+    "snca-ce": Method("snca", True, True, snca, "lambda * L_SNCA + L_CE (the paper's method)"),
+    "snca": Method("snca", False, True, snca, "L_SNCA alone"),
+    "d-cnn": Method("dcnn", True, False, dcnn, "L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), "
+                    "no memory", dcnn_arguments, pairwise=True),
+    "triplet": Method("triplet", False, False, triplet, "the triplet loss with random positives and negatives, "
+                      "no memory", triplet_arguments, draw=sample_triplets, inputs=with_triplets, copies=3),
+}
+
+
+def offered(entry_point):
+    """(memories, methods) that an entry point's ``--memory`` and ``--method`` offer, its own memory first. The
+    baselines need no memory: the MB entry point trains them, as in the authors' code."""
+    memories = [entry_point] + [name for name, cls in MEMORIES.items()
+                                if cls.entry_point == entry_point and name != entry_point]
+    methods = [name for name, method in METHODS.items() if method.uses_memory or entry_point == "mb"]
+    return memories, methods
