@@ -224,8 +224,9 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
     if variant.startswith("ours"):
         train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
         batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
-        val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
-        eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
+        eval_batch = args.eval_batch_size or args.batch_size
+        val_batches = TensorBatches(val_images, [label for _, label in val], eval_batch, device)
+        eval_batches = TensorBatches(train_images, labels, eval_batch, device)
         step_model = compile_network(model, ours) if variant == "ours-compile" else model
         return (lambda: train_one_epoch(step_model, ours, batches, optimizer, args, precision),
                 lambda: validate(model, ours, val_batches, eval_batches, 10, precision))
