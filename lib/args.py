@@ -10,6 +10,8 @@ from datasets.presets import PRESETS
 from lib.methods import MEMORIES, METHODS, offered
 from models import ARCHS
 
+KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extracted training embeddings
+
 
 def get_args_parser(memory="mb"):
     """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.methods.MEMORIES``)."""
@@ -111,7 +113,14 @@ def get_args_parser(memory="mb"):
     run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                      help="storage of the memory (read as float32); half types halve it for very large datasets")
     run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")
-    run.add_argument("--eval-batch-size", type=int, default=512, help="batch of the validation embedding passes")
+    run.add_argument("--eval-batch-size", type=int, default=None,
+                     help="batch of the validation embedding passes (default: -b, as the authors' validation "
+                     "loaders; a larger one is faster on a GPU and costs peak memory)")
+    run.add_argument("--knn-extracted-every", type=int, default=KNN_EXTRACTED_EVERY, metavar="N",
+                     help="for a method whose kNN reference is the memory (MB), also log the kNN against re-extracted "
+                     "training embeddings every N epochs (0: never); each costs an inference pass over the training "
+                     "split, about a third of a training epoch, hence every 10th epoch: about 3%% of training time. "
+                     "MU's own reference is always computed")
     run.add_argument("--out", default="runs", help="folder of run folders")
     run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
     run.add_argument("--resume", default="", metavar="PATH",
