@@ -51,3 +51,43 @@ def float32_error_bound(batch, dim, temperature, terms):
     summed = 7 * terms**0.5 * unit
     gamma_batch = batch * unit / (1 - batch * unit)
     return 2 * (eps_s + summed) + gamma_batch, 2 / (batch * temperature) * (2 * eps_s + 2 * summed)
+
+
+@pytest.fixture(scope="session")
+def entry_runs(image_tree, tmp_path_factory):
+    """Runs of an entry point on ``image_tree`` shared by every test that reads the same training:
+    ``get(method, *extra, epochs=2)`` trains ``small_run(method, ..., *extra)`` once per distinct command (and
+    ``resumed=N`` once more: a copy of it resumed to N epochs through its last.pt, ``via="file"``, or its folder)
+    and returns ``(folder, completed process)``.
+    The folders are read-only for the tests: one that resumes or changes a run copies it first (``copy_run``)."""
+    from test_entry_points import run, small_run
+
+    out = tmp_path_factory.mktemp("shared_runs")
+    done = {}
+
+    def get(method, *extra, epochs=2, resumed=None, via="folder"):
+        key = (method, extra, epochs, resumed, via)
+        if key not in done:
+            source = None if resumed is None else get(method, *extra, epochs=epochs)[0]
+            name = f"run{len(done)}"
+            if resumed is None:
+                process = run(method, *small_run(method, image_tree, str(out), *extra, epochs=epochs, run_name=name),
+                              cwd=out)
+            else:
+                copy_run(source, os.path.join(out, name))
+                target = os.path.join(out, name, *(("checkpoints", "last.pt") if via == "file" else ()))
+                process = run(method, *small_run(method, image_tree, str(out), *extra, "--resume", target,
+                                                 epochs=resumed, run_name=name), cwd=out)
+            assert process.returncode == 0, process.stderr
+            done[key] = (os.path.join(out, name), process)
+        return done[key]
+
+    return get
+
+
+def copy_run(folder, to):
+    """A copy of a run folder, to resume or change without touching the shared one."""
+    import shutil
+
+    shutil.copytree(folder, to)
+    return str(to)

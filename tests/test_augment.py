@@ -29,7 +29,12 @@ IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 TF_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)  # fn_idx 0..3
 NAMES = ("brightness", "contrast", "saturation", "hue")
-# The same arithmetic runs per image and batched; only reductions (contrast's mean) may sum in another order.
+# The same arithmetic runs per image and batched; only reductions (contrast's mean) may sum in another order, and
+# vectorised kernels may fuse a multiply-add. The float32 bound on values in [0, 1] (u = 2^-24 = 6e-8): a blend
+# clamp(f x + (1 - f) g) adds 3 roundings plus g's error (a mean of 3 channels, or contrast's mean of H x W = 340
+# pixels summed pairwise: (log2(340) + 1) u = 10 u) and passes its input's error on times |f| + |1 - f| <= 1.8
+# (f in [0.6, 1.4]); the hue shift is ~15 roundings. Four ops in a row: below (15 + 1.8 (13 + 1.8 (13 + 1.8 13))) u
+# = 110 u = 7e-6 (grayscale, a 3-term weighted sum, adds 4 u once).
 ATOL = 1e-5
 
 
@@ -95,7 +100,8 @@ def test_hue_equals_torchvision_including_negative_shifts_and_gray():
     factors[8] = 0.3
     out = augment._hue_(x.clone(), factors)
     expected = torch.stack([TF.adjust_hue(x[i], float(factors[i])) for i in range(len(x))])
-    # identical arithmetic element by element: no tolerance needed beyond float32 rounding
+    # identical arithmetic element by element, up to the fused multiply-adds a vectorised kernel may use: a few
+    # float32 roundings of values <= 1 (u = 6e-8); 1e-6 is 16 u
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
     assert torch.equal(out[:3], x[:3])  # gray images come back exactly
 
@@ -105,7 +111,7 @@ def test_hue_wraps_to_exactly_one():
     red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)  # hue 0
     out = augment._hue_(red.clone(), torch.tensor([-1e-9]))
     assert torch.equal(out, TF.adjust_hue(red[0], -1e-9).unsqueeze(0))
-    torch.testing.assert_close(out, red, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, red, rtol=0, atol=1e-6)  # a shift of 1e-9 moves a value by 6e-9, + 1 rounding
 
 
 def test_hue_against_colorsys():
@@ -116,6 +122,8 @@ def test_hue_against_colorsys():
         out = augment._hue_(img, torch.tensor([shift]))[0, :, 0].T
         for pixel, got in zip(pixels, out.tolist()):
             h, s, v = colorsys.rgb_to_hsv(*pixel)
+            # float32 against colorsys's float64: the input rounded (u = 6e-8) and ~15 float32 roundings, those of the
+            # hue multiplied by 6 in the sector arithmetic: below 6 x 15 u = 5e-6
             assert got == pytest.approx(colorsys.hsv_to_rgb((h + shift) % 1.0, s, v), abs=1e-5)
 
 

@@ -94,11 +94,15 @@ def test_float64_value_and_gradient_equal_snca_loss(chunk_size, margin, large_lo
     assert loss.dtype == torch.float64
     if large_logits:
         assert (features @ memory.T / temperature).max() > 19.99
-    # snca_loss works in float32 whatever its input, and its log1p form of log Z' loses ~2e-6 (relative) to
-    # cancellation when P ~ Z and the margin is large: float32 tolerances.
+    # snca_loss rounds the float64 logits to float32 (conftest's bound with no dot product, dim = 0) and works in
+    # float32; its log1p form of log Z' loses ~2e-6 (relative) more to cancellation when P ~ Z and the margin is
+    # large (measured), added to the bound.
     want_loss, want_grad = value_and_grad(plain_float64_logits(memory, indices, labels, temperature, margin), features)
-    assert loss.item() == pytest.approx(want_loss.item(), rel=1e-5)
-    torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-4 * want_grad.abs().max().item())
+    loss_bound, grad_bound = float32_error_bound(len(indices), 0, temperature, len(labels))
+    assert abs(loss.item() - want_loss.item()) <= (loss_bound + 2e-6) * max(1, loss.item())
+    # The gradient's weights exp(s - log Z') inherit that cancellation: conftest's gradient bound (3.3e-5 here) holds
+    # except with large logits and margin 4, where 7.1e-5 was measured; 1e-4 of the largest component covers both.
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=max(grad_bound, 1e-4 * want_grad.abs().max().item()))
     # The explicit formula in float64: float64 tolerances.
     want_loss, want_grad = value_and_grad(
         lambda x: explicit_formula(x @ memory.T / temperature, indices, labels, margin), features)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FIXED_THREADS, REPO
+from conftest import FIXED_THREADS, REPO, copy_run
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -37,17 +37,21 @@ def metrics(folder):
         return [json.loads(line) for line in f]
 
 
+# The flags of the runs shared (``entry_runs`` in conftest) by the tests of the run folder, of resuming, of the
+# baselines' SNCA rows and of --cache none: two epochs of 2 steps each.
+CACHED = ("--cache", "memory", "--num_workers", "0")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mb", "mu"])
-def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
-    out = str(tmp_path / "runs")
-    done = run(method, *small_run(method, image_tree, out), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    folder = os.path.join(out, "run")
+def test_trains_writes_the_run_folder_and_resumes(method, entry_runs, image_tree, tmp_path):
+    folder, done = entry_runs(method, *CACHED)
+    name = os.path.basename(folder)
     assert "val kNN@10" in done.stdout and "epoch 2/2" in done.stdout
 
     args = json.loads(Path(folder, "args.json").read_text())
-    assert args["memory"] == method and args["command"].endswith("--run-name run") and "git_commit" in args
+    assert args["memory"] == method and "git_commit" in args
+    assert args["command"].endswith(" ".join(["--run-name", name, *CACHED]))  # the whole command
     lines = metrics(folder)
     assert [m["epoch"] for m in lines] == [1, 2] and all(METRIC_KEYS <= m.keys() for m in lines)
     assert all(0 <= m["knn_acc"] <= 1 for m in lines)
@@ -62,22 +66,23 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     assert TAGS <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val/knn_acc")] == [1, 2]
 
-    for name in ("last.pt", "best.pt"):
-        state = torch.load(os.path.join(folder, "checkpoints", name), weights_only=True)
+    for checkpoint in ("last.pt", "best.pt"):
+        state = torch.load(os.path.join(folder, "checkpoints", checkpoint), weights_only=True)
         assert {"model", "memory", "optimizer", "epoch", "best_acc", "args", "rng"} <= state.keys()
     assert any(key.startswith("key_encoder.") for key in state["memory"]) == (method == "mu")  # MU owns it
 
-    resumed = run(method, *small_run(method, image_tree, out, "--resume",
-                                      os.path.join(folder, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    # resumed as the resumed-run test below resumes it (MB through last.pt, MU through the folder): the same run
+    resumed_folder, resumed = entry_runs(method, *CACHED, resumed=3, via="file" if method == "mb" else "folder")
     assert "epoch 3/3" in resumed.stdout and "epoch 1/3" not in resumed.stdout
-    assert [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
-    assert torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)["epoch"] == 3
+    assert [m["epoch"] for m in metrics(resumed_folder)] == [1, 2, 3]
+    assert torch.load(os.path.join(resumed_folder, "checkpoints", "last.pt"), weights_only=True)["epoch"] == 3
 
-    finished = run(method, *small_run(method, image_tree, out, "--resume",
-                                       os.path.join(folder, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
+    out = str(tmp_path / "runs")
+    again = copy_run(resumed_folder, os.path.join(out, "run"))
+    finished = run(method, *small_run(method, image_tree, out, *CACHED, "--resume",
+                                       os.path.join(again, "checkpoints", "last.pt"), epochs=3), cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr
-    assert "nothing to train after epoch 3" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
+    assert "nothing to train after epoch 3" in finished.stdout and [m["epoch"] for m in metrics(again)] == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -85,23 +90,17 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     ("mb", "memory", "0", "file"), ("mb", "none", "2", "folder"),
     ("mu", "memory", "0", "folder"), ("mu", "none", "2", "file"),
 ])
-def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image_tree, tmp_path):
+def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, entry_runs):
     """Two epochs, stop, one more epoch = three epochs straight (CPU, same seed): losses, accuracies, weights,
     memory and key encoder alike, with images decoded once or by loader workers every epoch."""
-    out = str(tmp_path / "runs")
     extra = ("--cache", cache, "--num_workers", workers)
-    straight = run(method, *small_run(method, image_tree, out, *extra, epochs=3, run_name="straight"), cwd=tmp_path)
-    first = run(method, *small_run(method, image_tree, out, *extra, epochs=2, run_name="split"), cwd=tmp_path)
-    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
-    last = os.path.join(out, "split", "checkpoints", "last.pt")
-    target = last if resume == "file" else os.path.join(out, "split")
-    second = run(method, *small_run(method, image_tree, out, *extra, "--resume", target, epochs=3), cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
+    straight, _ = entry_runs(method, *extra, epochs=3)
+    split, _ = entry_runs(method, *extra, resumed=3, via=resume)
     keys = ("loss", "loss_snca", "loss_ce", "lr", "knn_acc", "knn_acc_bank", "knn_acc_extracted", "memory_momentum")
-    a, b = metrics(os.path.join(out, "straight")), metrics(os.path.join(out, "split"))
+    a, b = metrics(straight), metrics(split)
     assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
-    sa = torch.load(os.path.join(out, "straight", "checkpoints", "last.pt"), weights_only=True)
-    sb = torch.load(last, weights_only=True)
+    sa = torch.load(os.path.join(straight, "checkpoints", "last.pt"), weights_only=True)
+    sb = torch.load(os.path.join(split, "checkpoints", "last.pt"), weights_only=True)
     for part in ("model", "memory", "optimizer"):  # the memory entry holds MU's key encoder
         assert_same(sa[part], sb[part], part)
 
@@ -109,25 +108,20 @@ def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image
 @pytest.mark.slow
 @pytest.mark.parametrize("method, loss, term", [("mb", "snca", "snca"), ("mu", "snca", "snca"),
                                                 ("mb", "d-cnn", "dcnn"), ("mb", "triplet", "triplet")])
-def test_baselines_train_and_resume_exactly(method, loss, term, image_tree, tmp_path):
+def test_baselines_train_and_resume_exactly(method, loss, term, entry_runs):
     """The paper's baselines (docs/method.md section 9) share the loop, logging and checkpoints: 2 epochs + 1 resumed
     equal 3 straight; the triplet's draws come from decoded files here (--cache none)."""
-    out = str(tmp_path / "runs")
     extra = ("--method", loss, *(("--cache", "none") if loss == "triplet" else ()))
-    straight = run(method, *small_run(method, image_tree, out, *extra, epochs=3, run_name="straight"), cwd=tmp_path)
-    first = run(method, *small_run(method, image_tree, out, *extra, epochs=2, run_name="split"), cwd=tmp_path)
-    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
-    second = run(method, *small_run(method, image_tree, out, *extra, "--resume", os.path.join(out, "split"),
-                                    epochs=3), cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    lines = metrics(os.path.join(out, "straight"))
-    assert lines == [dict(m, time_s=s["time_s"]) for m, s in zip(metrics(os.path.join(out, "split")), lines)]
+    straight, _ = entry_runs(method, *extra, epochs=3)
+    split, _ = entry_runs(method, *extra, resumed=3)
+    lines = metrics(straight)
+    assert lines == [dict(m, time_s=s["time_s"]) for m, s in zip(metrics(split), lines)]
     memory = loss in ("snca", "snca-ce")
     for m in lines:
         assert m[f"loss_{term}"] > 0 and (m["loss_ce"] > 0) == (loss == "d-cnn")
         assert m["knn_acc"] == m["knn_acc_bank" if memory and method == "mb" else "knn_acc_extracted"]
         assert (m["knn_acc_bank"] is not None) == memory
-    state = torch.load(os.path.join(out, "split", "checkpoints", "last.pt"), weights_only=True)
+    state = torch.load(os.path.join(split, "checkpoints", "last.pt"), weights_only=True)
     assert state["args"]["method"] == loss and (state["memory"] is not None) == memory
 
 
@@ -246,15 +240,12 @@ def test_preset_fills_the_extension_and_reports_a_wrong_class_count(tmp_path):
 
 
 @pytest.mark.slow
-def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):
+def test_decoding_every_epoch_trains_exactly_as_the_cache(entry_runs):
     """``--cache none`` (decoded per epoch by workers) and ``--cache memory`` give the same run on CPU."""
-    out = str(tmp_path / "runs")
-    for cache, workers in (("memory", "0"), ("none", "2")):
-        done = run("mu", *small_run("mu", image_tree, out, "--cache", cache, "--num_workers", workers,
-                                    run_name=cache), cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
+    memory, _ = entry_runs("mu", "--cache", "memory", "--num_workers", "0")
+    none, _ = entry_runs("mu", "--cache", "none", "--num_workers", "2")
     keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
-    a, b = metrics(os.path.join(out, "memory")), metrics(os.path.join(out, "none"))
+    a, b = metrics(memory), metrics(none)
     assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
 
 

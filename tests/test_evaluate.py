@@ -1,6 +1,7 @@
 """scripts/evaluate.py and scripts/retrieve.py end to end on a two-epoch run of a tiny generated dataset;
 every number checked against scikit-learn or the reference transform applied by hand."""
 import csv
+import itertools
 import json
 import os
 import shutil
@@ -13,7 +14,8 @@ import pytest
 import torch
 import torchvision.transforms as T
 from PIL import Image
-from sklearn.metrics import average_precision_score
+from sklearn.cluster import KMeans
+from sklearn.metrics import average_precision_score, classification_report
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.neighbors import KNeighborsClassifier
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -75,33 +77,149 @@ def test_embeddings_are_the_checkpoints_on_the_reference_eval_transform(trained,
     assert list(saved["query_labels"]) == [int(r.split()[1]) for r in rows]
 
 
+def float32_ranking(queries, database):
+    """Each query's database order as evaluate.py ranks it: float32 cosine similarity from PyTorch's kernels
+    (another float32 product, numpy's, orders near-ties otherwise), descending, ties by index. Checked against
+    float64: along each order the float64 similarities never rise by more than the float32 error of a similarity
+    of unit vectors (normalisation and a dot product of D terms: (D + 4) u, u = 2^-24, twice for the two items
+    compared), so it differs from the exact order only between items that tie within that bound."""
+    unit32 = [torch.nn.functional.normalize(torch.from_numpy(x).float(), dim=1) for x in (queries, database)]
+    similarity = unit32[0] @ unit32[1].T                                                      # (Q, N)
+    order = similarity.sort(dim=1, descending=True, stable=True).indices.numpy()
+    unit = [x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True) for x in (queries,
+                                                                                                    database)]
+    exact = np.take_along_axis(unit[0] @ unit[1].T, order, axis=1)                            # (Q, N)
+    bound = 2 * (queries.shape[1] + 4) * 2.0**-24
+    assert np.all(np.diff(exact, axis=1) <= bound)
+    return order
+
+
+def retrieval_by_definition(query_labels, database_labels, order):
+    """docs/evaluation.md's retrieval metrics as loops over each query's ranking, in float64 (Python floats): each
+    metric's per-query values, and the mean PR curve."""
+    n = len(database_labels)
+    gtm = max(int(np.sum(database_labels == y)) for y in query_labels)
+    scores, curves = {}, []
+    for y, ranked in zip(query_labels, order):
+        relevant = [bool(database_labels[j] == y) for j in ranked]
+        total = sum(relevant)
+        hits, precision = [], []
+        for i, r in enumerate(relevant, start=1):
+            hits.append((hits[-1] if hits else 0) + r)
+            precision.append(hits[-1] / i)
+        one = {"map": sum(p for p, r in zip(precision, relevant) if r) / total if total else 0.0,
+               "r_precision": hits[total - 1] / total if total else 0.0,
+               # MAP@R: precision at the relevant ranks within the first R, over R
+               "map@r": sum(p for p, r in zip(precision[:total], relevant[:total]) if r) / total if total else 0.0}
+        for k in (1, 2, 4, 8):  # Recall@K: is one of the first k relevant?
+            one[f"recall@{k}"] = float(any(relevant[:k]))
+        for k in (20, 50, 100):
+            top = min(k, n)
+            one[f"map@{k}"] = (sum(p for p, r in zip(precision[:top], relevant[:top]) if r) / hits[top - 1]
+                               if hits[top - 1] else 0.0)
+        for k in (1, 5, 10, 20, 50, 100):
+            one[f"precision@{k}"] = hits[min(k, n) - 1] / k
+        if total:  # ANMRR (MPEG-7): NG = R, K = min(4 NG, 2 GTM), a relevant item beyond K at rank 1.25 K
+            cutoff = min(4 * total, 2 * gtm)
+            avr = sum(i if i <= cutoff else 1.25 * cutoff for i, r in enumerate(relevant, start=1) if r) / total
+            one["anmrr"] = (avr - 0.5 - total / 2) / (1.25 * cutoff - 0.5 - total / 2)
+        else:
+            one["anmrr"] = 1.0
+        for key, value in one.items():
+            scores.setdefault(key, []).append(value)
+        # interpolated precision at recall level r: the best precision at a rank whose recall reaches r
+        curves.append([max([p for p, h in zip(precision, hits) if total and h / total >= level] or [0.0])
+                       for level in [i / 20 for i in range(21)]])
+    return scores, np.mean(curves, axis=0)
+
+
 def test_results_match_scikit_learn_on_the_saved_embeddings(evaluated):
+    """Every key of results.json and pr_curve.csv recomputed from embeddings.npz: kNN and the confusion matrix with
+    scikit-learn, K-means with scikit-learn's call as documented and its accuracy by brute-force matching, NMI from
+    its definition, the retrieval metrics by loops over the rankings."""
     saved = dict(np.load(os.path.join(evaluated, "embeddings.npz")))
     results = json.loads(Path(evaluated, "results.json").read_text())
     q, ql, db, dbl = saved["queries"], saved["query_labels"], saved["database"], saved["database_labels"]
+    assert (results["num_queries"], results["num_database"]) == (len(q), len(db))
+    assert set(results) == {"split", "checkpoint", "split_kind", "database", "tta", "num_queries", "num_database",
+                            "knn", "clustering", "retrieval", "per_class", "pr_curve"}
+    assert (results["split"], results["split_kind"], results["database"], results["tta"]) == (
+        "test", "reference", "train", "none")
+    assert results["checkpoint"].endswith(os.path.join("checkpoints", "best.pt"))
+    assert set(results["knn"]) == {"1", "5", "10"}
     for k in (1, 5, 10):
         predicted = KNeighborsClassifier(n_neighbors=k, weights="distance").fit(db, dbl).predict(q)
+        # a mean of at most a few hundred 0/1 values: float64 rounding, far below pytest.approx's 1e-6
         assert results["knn"][str(k)]["overall"] == pytest.approx(np.mean(predicted == ql))
         recalls = [np.mean(predicted[ql == c] == c) for c in np.unique(ql)]
         assert results["knn"][str(k)]["average"] == pytest.approx(np.mean(recalls))
+
+    # Retrieval: computed here by loops from the definitions, on the ranking evaluate.py uses (float32 similarity,
+    # checked against float64 above). Means of float64 ratios of at most a few hundred terms: 1e-12 is ~1e4 ulps.
+    per_query, curve = retrieval_by_definition(ql, dbl, float32_ranking(q, db))
+    assert results["retrieval"].keys() == per_query.keys()
+    for key, values in per_query.items():
+        assert results["retrieval"][key] == pytest.approx(np.mean(values), rel=0, abs=1e-12), key
+    with open(os.path.join(evaluated, "pr_curve.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["recall", "precision"]
+    assert [float(r[0]) for r in rows[1:]] == results["pr_curve"]["recall"] == [i / 20 for i in range(21)]
+    np.testing.assert_allclose([float(r[1]) for r in rows[1:]], curve, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(results["pr_curve"]["precision"], curve, rtol=0, atol=1e-12)
+    # The loop itself against scikit-learn: on the float64 ranking (no exact ties here), its AP is scikit-learn's
+    # average precision of the float64 similarities, to float64 rounding.
     unit = [x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True) for x in (q, db)]
-    ap = [average_precision_score(dbl == y, s) for y, s in zip(ql, unit[0] @ unit[1].T)]
-    # A barely trained network puts database items within float32 rounding of each other, which the float32
-    # ranking on the device and this float64 one may order differently; exact agreement with scikit-learn on
-    # data without such near-ties is tests/test_metrics.py's.
-    assert results["retrieval"]["map"] == pytest.approx(np.mean(ap), abs=5e-3)
+    similarity = unit[0] @ unit[1].T                                                          # (Q, N)
+    assert np.all(np.diff(np.sort(similarity, axis=1), axis=1) > 0)
+    exact, _ = retrieval_by_definition(ql, dbl, np.argsort(-similarity, axis=1, kind="stable"))
+    ap = [average_precision_score(dbl == y, s) for y, s in zip(ql, similarity)]
+    np.testing.assert_allclose(exact["map"], ap, rtol=0, atol=1e-12)
+
+    # Clustering: K-means as evaluate.py documents it (scikit-learn, n_init=10, random_state = --seed, default 0,
+    # on the L2-normalised float64 test embeddings); accuracy by trying every matching of clusters to classes;
+    # NMI from its definition (arithmetic-mean normalisation, scikit-learn's default), in float64.
+    classes = len(saved["classes"])
+    clusters = KMeans(n_clusters=classes, n_init=10, random_state=0).fit_predict(unit[0])
+    counts = np.zeros((classes, classes))
+    np.add.at(counts, (clusters, ql), 1)
+    best = max(sum(counts[c, perm[c]] for c in range(classes)) for perm in itertools.permutations(range(classes)))
+    assert results["clustering"]["kmeans_accuracy"] == pytest.approx(best / len(ql), rel=0, abs=1e-12)
+    joint = counts / len(ql)
+    pc, pk = joint.sum(1), joint.sum(0)
+    mutual = sum(joint[i, j] * np.log(joint[i, j] / (pc[i] * pk[j])) for i in range(classes) for j in range(classes)
+                 if joint[i, j] > 0)
+    entropy = [-sum(p * np.log(p) for p in marginal if p > 0) for marginal in (pc, pk)]
+    nmi = mutual / np.mean(entropy) if np.mean(entropy) > 0 else 1.0
+    # sums of at most C^2 = 16 float64 terms: 1e-12 is ~1e4 ulps
+    assert results["clustering"]["nmi"] == pytest.approx(nmi, rel=0, abs=1e-12)
+    assert set(results["clustering"]) == {"kmeans_accuracy", "nmi"}
+
     predicted = KNeighborsClassifier(n_neighbors=10, weights="distance").fit(db, dbl).predict(q)
     with open(os.path.join(evaluated, "confusion_matrix.csv")) as f:
         table = list(csv.reader(f))
-    classes = table[0][1:]
-    assert list(saved["classes"]) == classes
+    assert list(saved["classes"]) == table[0][1:]
     assert np.array_equal(np.array([[int(v) for v in row[1:]] for row in table[1:]]),
-                          sk_confusion(ql, predicted, labels=range(len(classes))))
-    assert set(results["retrieval"]) >= {"map@20", "map@50", "map@100", "precision@10", "r_precision", "anmrr"}
-    assert 0 <= results["clustering"]["kmeans_accuracy"] <= 1 and 0 <= results["clustering"]["nmi"] <= 1
-    with open(os.path.join(evaluated, "pr_curve.csv")) as f:
-        rows = list(csv.reader(f))[1:]
-    assert [float(r[0]) for r in rows] == pytest.approx(results["pr_curve"]["recall"])
+                          sk_confusion(ql, predicted, labels=range(classes)))
+    # per-class precision, recall, F1 and support of the kNN@10 predictions: scikit-learn's report (ratios of
+    # counts: float64 rounding, under approx's 1e-6), in results.json and per_class.csv
+    report = classification_report(ql, predicted, zero_division=0, output_dict=True)
+    names = list(saved["classes"])
+    report = {c: {"f1" if k == "f1-score" else k: v for k, v in row.items()} if isinstance(row, dict) else row
+              for c, row in report.items()}  # scikit-learn's "f1-score" is "f1" there
+    per_class = {str(names[int(c)]): row for c, row in report.items() if c.isdigit()}
+    assert results["per_class"]["per_class"].keys() == per_class.keys()
+    for name, row in per_class.items():
+        assert results["per_class"]["per_class"][name] == pytest.approx(row), name
+    for average in ("macro avg", "weighted avg"):
+        assert results["per_class"][average] == pytest.approx(report[average])
+    assert results["per_class"]["accuracy"] == pytest.approx(report["accuracy"])
+    with open(os.path.join(evaluated, "per_class.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class", "precision", "recall", "f1", "support"]
+    assert [r[0] for r in rows[1:]] == list(per_class)
+    for r in rows[1:]:
+        assert [float(v) for v in r[1:]] == pytest.approx([per_class[r[0]][k] for k in ("precision", "recall", "f1",
+                                                                                           "support")]), r[0]
 
 
 @pytest.mark.parametrize("figure", FIGURES)

@@ -107,6 +107,7 @@ def test_csv_holds_mean_sample_std_and_count_per_group_as_numpy(tables):
     got = {(r["method"], r["dataset"], r["metric"]): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
     assert got.keys() == expected.keys()
     for key, (mean, std, n) in expected.items():
+        # float64 means and sample stds of a few values against numpy's, through the CSV's text (repr: exact)
         assert got[key][0] == pytest.approx(mean, rel=1e-12) and got[key][2] == n, key
         assert got[key][1] == pytest.approx(std, rel=1e-12, nan_ok=True), key
     assert expected[("SNCA-CE (MB)", "NWPU-RESISC45", "knn.10.overall")][2] == 4  # the lying folder joined NWPU

@@ -67,6 +67,8 @@ def test_memory_bank_update_equals_formula():
     for row, i in enumerate(indices):
         blended = 0.8 * before[i] + 0.2 * features[row]
         want[i] = blended / blended.norm()
+    # the same float32 formula, its norm summed in another order: a few u (6e-8) of unit rows, under assert_close's
+    # float32 defaults (rtol 1.3e-6, atol 1e-5)
     torch.testing.assert_close(memory.memory, want)
 
 
@@ -82,8 +84,10 @@ def test_mu_loss_equals_reference():
     features = torch.tensor(z["features"], requires_grad=True)
     loss = memory(features, torch.tensor(z["indices"]), temperature)
     loss.backward()
-    assert loss.item() == pytest.approx(float(z["mu_loss"]), rel=1e-5)
-    assert np.abs(features.grad.numpy() - z["mu_grad_features"]).max() <= 1e-4 * np.abs(z["mu_grad_features"]).max()
+    # Both float32 from the same inputs (the authors' and ours): each within the float32 bound of the float64 value.
+    loss_bound, grad_bound = float32_error_bound(len(z["indices"]), features.shape[1], temperature, len(memory.labels))
+    assert abs(loss.item() - float(z["mu_loss"])) <= 2 * loss_bound * max(1, loss.item())
+    assert np.abs(features.grad.numpy() - z["mu_grad_features"]).max() <= 2 * grad_bound
 
 
 def test_no_gradient_reaches_the_memory():
@@ -129,6 +133,7 @@ def test_step_lr_equals_torch_steplr():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30, gamma=0.5)
     for epoch in range(130):
+        # float64 products of at most 5 factors, in another order: a few ulps (2e-16 each)
         assert step_lr(epoch, 0.1, 30, 0.5) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
         optimizer.step()
         scheduler.step()
