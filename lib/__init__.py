@@ -1,7 +1,15 @@
-"""The shared library: SNCA loss, memories, kNN, schedules, training loop, checkpoints, run logging."""
-from lib.chunked_snca_loss import chunked_snca_loss
-from lib.knn import knn_predict
-from lib.memory import KeyEncoder, Memory
-from lib.snca_loss import snca_loss
+"""The shared library: SNCA loss, memories, kNN, schedules, training loop, checkpoints, run logging.
 
-__all__ = ["KeyEncoder", "Memory", "chunked_snca_loss", "knn_predict", "snca_loss"]
+The names below load on first use (PEP 562), so that ``lib.args`` answers ``--help`` without importing torch.
+"""
+import importlib
+
+_WHERE = {"chunked_snca_loss": "lib.chunked_snca_loss", "knn_predict": "lib.knn", "KeyEncoder": "lib.memory",
+          "Memory": "lib.memory", "snca_loss": "lib.snca_loss"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lib' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -1,23 +1,113 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (SPEC.md section 7) is a flag whose default is the paper's value.
-The reference scripts' flags keep their names, meanings and defaults.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value. The
+reference scripts' option strings all parse and keep their meanings and defaults (``REFERENCE_OPTIONS``),
+``--learning-rate`` and the misspelt ``--m-mementum`` included.
+
+Everything is checked here, before a folder or a file is written: each number against its range while parsing
+(``error: argument --temperature: must be > 0, got 0``), then the paths, then, on ``--resume``, the flags that
+define the experiment against its checkpoint. This module imports no torch, so ``--help`` answers at once.
 """
 import argparse
+import math
+import os
 
 from datasets.presets import PRESETS
+from lib.errors import InputError
 from models import ARCHS
 
 METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
-# The losses each entry point trains (SPEC.md section 9): the method, and the paper's baselines.
+# The losses each entry point trains (docs/method.md section 9): the method, and the paper's baselines.
 LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
+# Every option string of the authors' two parsers (train_SNCA_CE/main.py, train_SNCA_CE_MC/main.py) and the
+# destination it sets there; ours accept each with the same meaning.
+REFERENCE_OPTIONS = {
+    "mb": {"--data": "data", "--dataset": "dataset", "-b": "batch_size", "--batch-size": "batch_size",
+           "--num_workers": "num_workers", "--epochs": "epochs", "--lr": "lr", "--learning-rate": "lr",
+           "--resume": "resume", "--dim": "dim", "--imgEXT": "imgEXT", "--temperature": "temperature",
+           "--memory-momentum": "memory_momentum", "--m-mementum": "memory_momentum", "--margin": "margin",
+           "--model": "model", "--lambda_": "lambda_"},
+    "mu": {"--data": "data", "--dataset": "dataset", "-b": "batch_size", "--batch-size": "batch_size",
+           "--num_workers": "num_workers", "--epochs": "epochs", "--lr": "lr", "--learning-rate": "lr",
+           "--resume": "resume", "--dim": "dim", "--imgEXT": "imgEXT", "--temperature": "temperature",
+           "--margin": "margin"},
+}
+REFERENCE_DATASET = "UCMerced_LandUse"  # the reference scripts' default dataset, used with --data alone
+MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
+MAX_WORKERS = 4  # default decoding processes, fewer on a machine with fewer cores
+SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
+# Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
+LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
+# Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment: a
+# resume takes it from the checkpoint, and refuses a value that differs.
+MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size")
+
+
+class Range:
+    """An argparse ``type``: a finite number of ``kind`` within the bounds; anything else is refused in one line
+    naming the range (``must be > 0, got 0``)."""
+
+    def __init__(self, kind, low=None, high=None, low_open=False, high_open=False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        if low is not None and high is not None:
+            text = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        else:
+            text = f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}"
+        self.text = f"an integer {text}" if kind is int else text
+        self.__name__ = self.text  # argparse names a type by it
+
+    def __call__(self, text):
+        try:
+            value = self.kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not self.holds(value):
+            raise argparse.ArgumentTypeError(f"must be {self.text}, got {text}")
+        return value
+
+    def holds(self, value):
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+
+POSITIVE = Range(float, low=0, low_open=True)
+NON_NEGATIVE = Range(float, low=0)
+MOMENTUM = Range(float, 0, 1, high_open=True)
+COUNT = Range(int, low=1)
+NON_NEGATIVE_INT = Range(int, low=0)
+SEED = Range(int, 0, 2**32 - 1)  # numpy's seed range
+
+
+def default_workers():
+    """``MAX_WORKERS`` decoding processes, or as many as this process may use cores, if fewer."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(MAX_WORKERS, cores)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to a flag's help, unless the help states its default itself, the default is None
+    (the help says what happens then) or the flag is a switch."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the errors on one line, ``error: argument --lr: must be > 0, got 0`` (under torchrun, rank 0
+    alone says it), exit status 2, and ``HelpFormatter``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def get_args_parser(memory="mb"):
-    parser = argparse.ArgumentParser(
-        description=f"Train {METHODS[memory]} (Kang et al., IEEE TGRS 2020).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ArgumentParser(description=f"Train {METHODS[memory]} (Kang et al., IEEE TGRS 2020).")
     parser.set_defaults(memory=memory)
 
     data = parser.add_argument_group("data")
@@ -34,9 +124,11 @@ def get_args_parser(memory="mb"):
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave unreadable and empty files out of the split (with a warning) instead of stopping; "
                       "the rest gets the reference split of itself")
-    data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
-    data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
-    data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
+    data.add_argument("--image-size", type=Range(int, low=MIN_IMAGE_SIZE), default=256,
+                      help="side of the fixed Resize((S, S)); paper: 256")
+    data.add_argument("--split-seed", type=SEED, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
+                      help=f"processes decoding images (default: the cores, at most {MAX_WORKERS})")
     data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
                       help="keep the decoded, resized images on the training device, in CPU memory, or decode "
                       "every epoch (none); auto: device when they take under half its free memory, else memory")
@@ -45,47 +137,52 @@ def get_args_parser(memory="mb"):
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="resnet18", choices=sorted(ARCHS), help="trunk; paper: resnet18")
-    model.add_argument("--dim", type=int, default=128, help="embedding dimension D; paper: 128")
+    model.add_argument("--dim", type=COUNT, default=128, help="embedding dimension D; paper: 128")
     model.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"),
                        help="trunk initialisation; paper: imagenet (torchvision weights, from the cache or downloaded)")
     model.add_argument("--weights", default=None, metavar="PATH",
                        help="local torchvision state dict for the trunk (overrides --pretrained)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=130, help="paper: 130")
-    optim.add_argument("-b", "--batch-size", type=int, default=256,
+    optim.add_argument("--epochs", type=NON_NEGATIVE_INT, default=130,
+                       help="epochs to train in all (a resume with a larger value extends the run); paper: 130")
+    optim.add_argument("-b", "--batch-size", type=COUNT, default=256,
                        help="global batch size: under torchrun the ranks split each batch; paper: 256 (one GPU)")
-    optim.add_argument("--lr", type=float, default=0.1, help="SGD learning rate; paper: 0.1")
-    optim.add_argument("--lr-step", type=int, default=30, help="epochs between learning-rate decays; paper: 30")
-    optim.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate decay factor; paper: 0.5")
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum; paper: 0.9")
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="paper: 1e-4")
+    optim.add_argument("--lr", "--learning-rate", type=POSITIVE, default=0.1, help="SGD learning rate; paper: 0.1")
+    optim.add_argument("--lr-step", type=COUNT, default=30, help="epochs between learning-rate decays; paper: 30")
+    optim.add_argument("--lr-gamma", type=Range(float, 0, 1, low_open=True), default=0.5,
+                       help="learning-rate decay factor; paper: 0.5")
+    optim.add_argument("--momentum", type=Range(float, 0, 1, low_open=True, high_open=True), default=0.9,
+                       help="SGD (Nesterov) momentum; paper: 0.9")
+    optim.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="paper: 1e-4")
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--method", default="snca-ce", choices=LOSSES[memory],
                       help="snca-ce: lambda * L_SNCA + L_CE (the paper's method); snca: L_SNCA alone"
                       + ("; d-cnn: L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), no memory; triplet: "
                          "the triplet loss with random positives and negatives, no memory" if memory == "mb" else ""))
-    loss.add_argument("--temperature", type=float, default=0.05, help="SNCA temperature T; paper: 0.05")
-    loss.add_argument("--margin", type=float, default=0.0, help="SNCA margin in cosine units (divided by T); paper: 0")
-    loss.add_argument("--lambda_", type=float, default=1.0, help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
+    loss.add_argument("--temperature", type=POSITIVE, default=0.05, help="SNCA temperature T; paper: 0.05")
+    loss.add_argument("--margin", type=NON_NEGATIVE, default=0.0,
+                      help="SNCA margin in cosine units (divided by T); paper: 0")
+    loss.add_argument("--lambda_", type=NON_NEGATIVE, default=1.0,
+                      help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
 
     if memory == "mb":
-        loss.add_argument("--dcnn-tau", type=float, default=0.44,
+        loss.add_argument("--dcnn-tau", type=NON_NEGATIVE, default=0.44,
                           help="D-CNN distance threshold tau; Cheng et al.: 0.44")
-        loss.add_argument("--dcnn-beta", type=float, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
-        loss.add_argument("--dcnn-weight", type=float, default=1.0,
+        loss.add_argument("--dcnn-beta", type=NON_NEGATIVE, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
+        loss.add_argument("--dcnn-weight", type=NON_NEGATIVE, default=1.0,
                           help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
-        loss.add_argument("--triplet-margin", type=float, default=0.2,
+        loss.add_argument("--triplet-margin", type=NON_NEGATIVE, default=0.2,
                           help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
                           "paper; FaceNet's 0.2)")
 
     method = parser.add_argument_group(METHODS[memory])
     if memory == "mb":
-        method.add_argument("--memory-momentum", type=float, default=0.5,
+        method.add_argument("--memory-momentum", "--m-mementum", type=MOMENTUM, default=0.5,
                             help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
     else:
-        method.add_argument("--ema-momentum", type=float, default=0.999,
+        method.add_argument("--ema-momentum", type=MOMENTUM, default=0.999,
                             help="key-encoder EMA momentum; paper: 0.999")
         method.add_argument("--key-bn", default="sync", choices=("sync", "shuffle"),
                             help="under torchrun, the key encoder's BatchNorm batch: sync, the whole global batch "
@@ -93,7 +190,7 @@ def get_args_parser(memory="mb"):
                             "One process: the whole batch either way")
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0,
+    run.add_argument("--seed", type=SEED, default=0,
                      help="seeds python, numpy, torch and the shuffle, anew every epoch from (seed, epoch)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     run.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
@@ -108,11 +205,113 @@ def get_args_parser(memory="mb"):
                      "instead of over each rank's part; no effect in one process")
     run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                      help="storage of the memory (read as float32); half types halve it for very large datasets")
-    run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")
-    run.add_argument("--eval-batch-size", type=int, default=512, help="batch of the validation embedding passes")
+    run.add_argument("--knn-k", type=COUNT, default=10, help="neighbours of the validation kNN; paper: 10")
+    run.add_argument("--eval-batch-size", type=COUNT, default=512, help="batch of the validation embedding passes")
     run.add_argument("--out", default="runs", help="folder of run folders")
     run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
     run.add_argument("--resume", default="", metavar="PATH",
                      help="continue a run in its folder: a checkpoint file, a run folder (its last.pt), or 'auto' "
                      "(the newest last.pt under --out, or of --run-name)")
     return parser
+
+
+def parse_args(memory, argv=None):
+    """The checked flags of an entry point (``argv``: the command line's by default). Ranges are checked while
+    parsing, then the paths, then a resume's experiment against its checkpoint; any problem is one line and
+    exit status 2, before anything is written."""
+    parser = get_args_parser(memory)
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            resume_experiment(args, given_flags(memory, argv), flag_names(parser))
+        check_paths(args)
+    except InputError as error:
+        parser.error(str(error))
+    return args
+
+
+def given_flags(memory, argv=None):
+    """The destinations of the flags given on the command line: the same parser with every default suppressed."""
+    probe = get_args_parser(memory)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv))) - set(probe._defaults)
+
+
+def flag_names(parser):
+    """{destination: the flag's long name} (``batch_size``: ``--batch-size``)."""
+    return {action.dest: next((o for o in action.option_strings if o.startswith("--")), action.dest)
+            for action in parser._actions if action.option_strings}
+
+
+def resume_experiment(args, given, names):
+    """On ``--resume``: every flag the checkpoint recorded and not given is taken from it (those of ``LOCAL``
+    excepted); a given flag that defines the experiment and differs is refused, all of them in one line."""
+    from lib.checkpoint import load_state, resolve_resume  # torch: only when resuming
+
+    args.resume = resolve_resume(args.resume, args.out, args.run_name)
+    saved = load_state(args.resume)["args"]
+    if saved.get("memory", args.memory) != args.memory:
+        script = "train_SNCA_CE/main.py" if saved["memory"] == "mb" else "train_SNCA_CE_MC/main.py"
+        raise InputError(f"--resume {args.resume}: a run of {METHODS[saved['memory']].split(':')[0]}; resume it "
+                         f"with {script}")
+    differ = []
+    for dest, value in saved.items():
+        if dest not in names or dest in LOCAL:
+            continue
+        if dest not in given:
+            setattr(args, dest, value)
+        elif dest not in MAY_CHANGE and getattr(args, dest) != value:
+            differ.append(f"{names[dest]} {shown(value)} (given {shown(getattr(args, dest))})")
+    if differ:
+        raise InputError(f"--resume {args.resume}: the run was trained with {', '.join(differ)}; leave these flags "
+                         "out to continue it, or train a new run with them")
+
+
+def shown(value):
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def check_paths(args):
+    """The paths given, before anything is written: each exists as the kind it must be, a new run's folder does
+    not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
+    if args.weights is not None and not os.path.isfile(args.weights):
+        raise InputError(f"--weights {args.weights}: no such file")
+    for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a file: give a folder")
+    if args.run_name is not None and (os.path.basename(args.run_name) != args.run_name or args.run_name in (".", "..")):
+        raise InputError(f"--run-name {args.run_name}: a name, not a path (the run folder is <--out>/<name>)")
+    if not args.resume and args.run_name and os.path.exists(os.path.join(args.out, args.run_name)):
+        raise InputError(f"run folder {os.path.join(args.out, args.run_name)} already exists: choose another "
+                         "--run-name, or --resume it")
+    check_data(args.data, args.dataset)
+
+
+def check_data(data, dataset):
+    """``--data`` is a folder; when ``<data>/<dataset>`` is missing and ``data`` looks like a dataset itself (its
+    name is the dataset's, or it holds class folders of files), the line says to give its parent."""
+    if data is None:
+        return
+    if not os.path.isdir(data):
+        raise InputError(f"--data {data}: no such folder")
+    dataset = dataset or REFERENCE_DATASET
+    if dataset == "synthetic" or os.path.isdir(os.path.join(data, dataset)):
+        return
+    parent, name = os.path.split(os.path.abspath(data))
+    with os.scandir(data) as entries:
+        classes = [e.path for e in entries if e.is_dir()]
+    if name == dataset or name in PRESETS or any(any(e.is_file() for e in os.scandir(c)) for c in classes[:5]):
+        raise InputError(f"--data {data} is the dataset folder itself (no {dataset} inside): --data is the folder "
+                         f"holding it; try --data {parent} --dataset {name}")
+
+
+def divergence_hint(args):
+    """The likely cause of a non-finite loss and its fix, when the flags show one (else empty): the paper's
+    learning rate assumes ImageNet weights, and float16 overflows where bfloat16 does not."""
+    if args.pretrained == "none" and args.weights is None and args.lr > SCRATCH_LR:
+        return (f"; likely cause: --lr {args.lr:g} from scratch (--pretrained none): the paper's learning rate assumes "
+                f"ImageNet weights; try --lr {SCRATCH_LR:g}")
+    if args.amp == "fp16":
+        return "; likely cause: float16 overflow (--amp fp16); try --amp bf16 or --amp none"
+    return f"; if it recurs, try a lower --lr than {args.lr:g}"

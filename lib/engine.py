@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from lib.args import get_args_parser
+from lib.args import divergence_hint
 from lib.checkpoint import (
     check_compatible,
     load_state,
@@ -58,13 +58,13 @@ def uses_memory(args):
     return args.method in ("snca-ce", "snca")
 
 
-def main(memory):
-    """Entry point: parse the flags of ``memory`` ('mb' or 'mu'), train, and turn bad input into one line."""
-    args = get_args_parser(memory).parse_args()
+def main(args):
+    """Entry point: train with the flags of ``lib.args.parse_args``, and turn bad input into one line."""
     try:
         train(args)
     except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
-        sys.exit(f"error: {one_line(error)}" if os.environ.get("RANK", "0") == "0" else 1)
+        hint = divergence_hint(args) if isinstance(error, NonFiniteError) else ""
+        sys.exit(f"error: {one_line(error)}{hint}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
 def check_world(args, dist):
@@ -128,7 +128,7 @@ def train_ranks(args, dist):
         model = compile_network(model, key_encoder)
 
     # ---------------- run folder (rank 0 writes) ----------------
-    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, device_used=str(device),
+    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, checkpoint, device_used=str(device),
                                   world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
                                   torch_version=torch.__version__)
     if dist.is_main:
@@ -173,7 +173,8 @@ def train_ranks(args, dist):
             is_best = knn_acc > best_acc
             best_acc = max(best_acc, knn_acc)
             if dist.is_main:
-                metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
+                metrics = {"epoch": epoch + 1, **losses, "lr": lr, "knn_acc": knn_acc,
+                           "memory_momentum": momentum if args.memory == "mb" and memory is not None else None,
                            "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
                            "best_knn_acc": best_acc, "time_s": time.time() - start}
                 log.log_epoch(metrics, SCALARS)
@@ -196,5 +197,6 @@ def train_ranks(args, dist):
                   f"{100 * accuracy[own_reference(args)]:.2f}%")
     if dist.is_main:
         log.close()
-        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}")
+        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}" if best_acc >= 0 else
+              f"done: no epoch trained (--epochs {args.epochs}); run folder {folder}")
     return folder

@@ -10,8 +10,7 @@ from torch import nn
 
 from lib.checkpoint import load_state
 from lib.errors import InputError
-
-ARCHS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
+from models import ARCHS
 
 
 class EmbeddingNet(nn.Module):
