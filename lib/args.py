@@ -315,3 +315,23 @@ def divergence_hint(args):
     if args.amp == "fp16":
         return "; likely cause: float16 overflow (--amp fp16); try --amp bf16 or --amp none"
     return f"; if it recurs, try a lower --lr than {args.lr:g}"
+
+
+def add_checkpoint_arguments(parser):
+    """The trained run of scripts/evaluate.py and scripts/retrieve.py, given alike to both: ``RUN_DIR`` with
+    ``--checkpoint best|last``, or ``--checkpoint`` a checkpoint file (or a run folder) alone."""
+    parser.add_argument("target", nargs="?", metavar="RUN_DIR", help="a run folder, or a checkpoint file in one")
+    parser.add_argument("--checkpoint", default="best", metavar="{best,last,PATH}",
+                        help="best or last: that checkpoint of RUN_DIR; PATH: a checkpoint file, or a run folder "
+                        "(its best), instead of RUN_DIR")
+
+
+def checkpoint_target(args, parser):
+    """(run folder or checkpoint file, which checkpoint of a folder) from ``add_checkpoint_arguments``' flags."""
+    if args.checkpoint in ("best", "last"):
+        if args.target is None:
+            parser.error("give the trained run: RUN_DIR, or --checkpoint PATH")
+        return args.target, args.checkpoint
+    if args.target is not None:
+        parser.error(f"give the trained run once: RUN_DIR {args.target} or --checkpoint {args.checkpoint}, not both")
+    return args.checkpoint, "best"

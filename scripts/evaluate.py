@@ -2,7 +2,8 @@
 queries, the training split as references / database, embedded with the eval transform on the device.
 
     python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
-    python scripts/evaluate.py runs/NAME/checkpoints/last.pt --split val --device cpu
+    python scripts/evaluate.py runs/NAME --checkpoint last --split val --device cpu
+    python scripts/evaluate.py --checkpoint runs/NAME/checkpoints/last.pt    # as scripts/retrieve.py takes it
     torchrun --nproc_per_node 4 scripts/evaluate.py runs/NAME   # each GPU decodes and embeds a quarter
 
 Under torchrun each rank decodes and embeds its contiguous share of the queries and of the database, the
@@ -12,12 +13,13 @@ as one process.
 Writes results.json (kNN OA / AA at K = 1, 5, 10; K-means accuracy and NMI; mAP, mAP@20/50/100,
 P@k, R-precision, ANMRR; the PR curve), confusion_matrix.csv/.png (kNN K = 10), pr_curve.csv/.png,
 tsne.png, retrieval_examples.png and embeddings.npz; logs the confusion matrix and the query
-embeddings (TensorBoard's projector, with thumbnails) to the run's tb/. Metric definitions: README.
+embeddings (TensorBoard's projector, with thumbnails) to the run's tb/eval_<split>/, replaced by a re-run.
+Metric definitions: README.
 """
-import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -28,6 +30,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decoded_images  # noqa: E402
 from lib import plots  # noqa: E402
+from lib.args import (  # noqa: E402
+    COUNT,
+    NON_NEGATIVE_INT,
+    SEED,
+    ArgumentParser,
+    Range,
+    add_checkpoint_arguments,
+    checkpoint_target,
+    default_workers,
+)
 from lib.device import resolve_precision  # noqa: E402
 from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
@@ -38,26 +50,29 @@ from lib.metrics import clustering_scores, confusion_matrix, knn_accuracies, ret
 KNN_KS = (1, 5, 10)
 EXAMPLE_QUERIES, EXAMPLE_RESULTS = 8, 10
 THUMBNAIL = 32  # px, for TensorBoard's projector
+MIN_TSNE_POINTS = 3  # t-SNE's perplexity (at least 2 here) must stay below the number of points
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("target", metavar="RUN_DIR", help="a run folder, or a checkpoint file in one")
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which one, for a run folder")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_checkpoint_arguments(parser)
     parser.add_argument("--split", default="test", choices=("test", "val"), help="the queries")
     parser.add_argument("--data", default=None, help="the dataset's parent folder, if it moved since training")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="precision of the network")
-    parser.add_argument("--batch-size", type=int, default=512, help="images per embedding pass")
-    parser.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
-    parser.add_argument("--tsne-points", type=int, default=5000, help="queries shown in tsne.png (a seeded sample)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds K-means, t-SNE and the example queries")
+    parser.add_argument("--batch-size", type=COUNT, default=512, help="images per embedding pass")
+    parser.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
+                        help="processes decoding images (default: the cores, at most 4)")
+    parser.add_argument("--tsne-points", type=Range(int, low=MIN_TSNE_POINTS), default=5000,
+                        help="queries shown in tsne.png (a seeded sample)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seeds K-means, t-SNE and the example queries")
     return parser
 
 
 def main():
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    args.target, args.checkpoint = checkpoint_target(args, parser)
     try:
         folder = evaluate(args)
     except InputError as error:  # under torchrun every rank stops alike: rank 0 says why
@@ -116,9 +131,10 @@ def evaluate_ranks(args, dist):
     # ---------------- tables, figures, embeddings ----------------
     write_csv(os.path.join(out, "confusion_matrix.csv"), ["true \\ predicted", *classes],
               [[c, *row] for c, row in zip(classes, matrix.tolist())])
-    plots.save(plots.confusion(matrix, classes), os.path.join(out, "confusion_matrix.png"))
-    write_csv(os.path.join(out, "pr_curve.csv"), ["recall", "precision"], zip(pr["recall"], pr["precision"]))
     method = f"{run_args.get('method', 'snca-ce')} ({run_args['memory']})"
+    title = f"kNN (K = 10) on the {args.split} split, {method}, {os.path.basename(os.path.normpath(run_dir))}"
+    plots.save(plots.confusion(matrix, classes, title), os.path.join(out, "confusion_matrix.png"))
+    write_csv(os.path.join(out, "pr_curve.csv"), ["recall", "precision"], zip(pr["recall"], pr["precision"]))
     plots.save(plots.pr_curve(pr["recall"], pr["precision"], method), os.path.join(out, "pr_curve.png"))
     rng = np.random.default_rng(args.seed)
     shown = np.sort(rng.permutation(len(q))[: args.tsne_points])
@@ -139,7 +155,7 @@ def evaluate_ranks(args, dist):
                         database_labels=db_labels.cpu().numpy(), split=args.split, classes=np.array(classes),
                         query_paths=np.array([os.path.relpath(p, root) for p, _ in queries]),
                         database_paths=np.array([os.path.relpath(p, root) for p, _ in database]))
-    log_tensorboard(run_dir, args.split, results, matrix, classes, q, q_labels, thumbnails)
+    log_tensorboard(run_dir, args.split, results, matrix, classes, q, q_labels, thumbnails, title)
     print(summary(results))
     return out
 
@@ -164,16 +180,19 @@ def thumbnail(images):
                                            antialias=True)
 
 
-def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, thumbnails):
-    """Scalars, the confusion matrix image and the query embeddings (projector, with thumbnails)."""
+def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, thumbnails, title):
+    """Scalars, the confusion matrix image and the query embeddings (projector, with thumbnails), in
+    tb/eval_<split>/: a re-run replaces that folder, so nothing is logged twice."""
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(os.path.join(run_dir, "tb")) as writer:
+    folder = os.path.join(run_dir, "tb", f"eval_{split}")
+    shutil.rmtree(folder, ignore_errors=True)
+    with SummaryWriter(folder) as writer:
         for k, scores in results["knn"].items():
             writer.add_scalar(f"eval_{split}/knn{k}_overall", scores["overall"])
         for key in ("map", "map@20", "anmrr"):
             writer.add_scalar(f"eval_{split}/{key}", results["retrieval"][key])
-        writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes))
+        writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes, title))
         writer.add_embedding(queries.cpu(), metadata=[classes[y] for y in labels.tolist()], label_img=thumbnails.cpu(),
                              tag=f"eval_{split}")
 

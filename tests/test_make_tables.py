@@ -199,7 +199,7 @@ def test_crashed_unfinished_and_unevaluated_runs_are_skipped_and_a_resumed_run_c
     row = rows["SNCA (MU)"]
     assert row["n"] == "2" and row["seeds"] == "0 4"
     assert float(row["mean"]) == pytest.approx(np.mean([v["knn.10.overall"] for v in kept]), rel=1e-12)
-    skipped = {line.split()[1]: line for line in done.stdout.splitlines() if line.startswith("skipped ")}
+    skipped = {line.split()[1].rstrip(":"): line for line in done.stdout.splitlines() if line.startswith("skipped ")}
     assert {os.path.basename(k) for k in skipped} == {"crashed", "unfinished", "unevaluated"}
     reasons = {os.path.basename(k): line for k, line in skipped.items()}
     assert "0 of 5 epochs" in reasons["crashed"] and "2 of 5 epochs" in reasons["unfinished"]
