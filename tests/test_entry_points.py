@@ -269,6 +269,7 @@ def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
     evaluated = run("mb", *flags[:-1], "zero", "--epochs", "0", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "nothing to train after epoch 0: val kNN@10" in evaluated.stdout
+    assert "done: no epoch trained (--epochs 0)" in evaluated.stdout and "-100" not in evaluated.stdout
     make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
     one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
                        "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")
