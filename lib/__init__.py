@@ -3,6 +3,8 @@
 The names below load on first use (PEP 562), so that ``lib.args`` answers ``--help`` without importing torch.
 """
 import importlib
+import sys
+import types
 
 _WHERE = {"chunked_snca_loss": "lib.chunked_snca_loss", "knn_predict": "lib.knn", "KeyEncoder": "lib.memory",
           "Memory": "lib.memory", "snca_loss": "lib.snca_loss"}
@@ -13,3 +15,15 @@ def __getattr__(name):
     if name not in _WHERE:
         raise AttributeError(f"module 'lib' has no attribute {name!r}")
     return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+class _Package(types.ModuleType):
+    """``lib.snca_loss`` stays the function when its module of the same name is imported (which would bind the
+    module to the package's attribute)."""
+
+    def __setattr__(self, name, value):
+        if not (name in _WHERE and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -85,7 +85,7 @@ def gallery_embeddings(model, args, run_dir, size, device, precision):
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                    if f.lower().endswith(IMAGE_EXTENSIONS))
     stamps = [f"{stat.st_size}:{stat.st_mtime_ns}" for stat in map(os.stat, paths)]
-    weights = checkpoint_path(args.checkpoint)
+    weights = checkpoint_path(args.target, args.checkpoint)
     network = f"{os.path.abspath(weights)}:{os.stat(weights).st_mtime_ns}"
     cache = os.path.join(run_dir, "retrieval_cache", hashlib.sha256(root.encode()).hexdigest()[:16] + ".npz")
     known = {}

@@ -224,6 +224,8 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         ("mu", ["--epochs", "-1"], ["--epochs", ">= 0, got -1"]),
         ("mb", ["--momentum", "1"], ["--momentum", "in (0, 1), got 1"]),
         ("mb", ["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
+        ("mu", [*new, "--device", "gpu"], ["--device gpu: not a device name", "cuda:1"]),
+        ("retrieve", [folder, "--gallery", image_tree, "--query", "q.png", "--device", "gpu"], ["--device gpu"]),
         ("mb", ["--data", data], [f"--data {data} is the dataset folder itself",
                                   f"try --data {image_tree} --dataset tiny"]),
         ("mu", ["--data", str(tmp_path / "nowhere")], ["--data", "nowhere: no such folder"]),

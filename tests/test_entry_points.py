@@ -52,6 +52,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     assert all(0 <= m["knn_acc"] <= 1 for m in lines)
     own = "knn_acc_bank" if method == "mb" else "knn_acc_extracted"
     assert all(m["knn_acc"] == m[own] for m in lines)
+    assert all((m["memory_momentum"] is None) == (method == "mu") for m in lines)  # MU has no memory momentum
     for split, count in (("train", 4 * 8), ("val", 4 * 1), ("test", 4 * 3)):
         rows = Path(folder, "splits", f"{split}.txt").read_text().splitlines()
         assert len(rows) == count and all(os.path.isfile(os.path.join(image_tree, "tiny", r.split()[0])) for r in rows)
@@ -59,6 +60,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     events = EventAccumulator(os.path.join(folder, "tb"))
     events.Reload()
     assert TAGS <= set(events.Tags()["scalars"])
+    assert ("train/memory_momentum" in events.Tags()["scalars"]) == (method == "mb")
     assert [e.step for e in events.Scalars("val/knn_acc")] == [1, 2]
 
     for name in ("last.pt", "best.pt"):
