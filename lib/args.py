@@ -1,109 +1,43 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value. The
-reference scripts' option strings all parse and keep their meanings and defaults (``REFERENCE_OPTIONS``),
-``--learning-rate`` and the misspelt ``--m-mementum`` included.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value. Every
+option string of the authors' two parsers parses with its meaning there, their aliases ``--learning-rate`` and
+the misspelt ``--m-mementum`` included (tests/test_args.py lists them all).
 
 Everything is checked here, before a folder or a file is written: each number against its range while parsing
 (``error: argument --temperature: must be > 0, got 0``), then the paths, then, on ``--resume``, the flags that
 define the experiment against its checkpoint. This module imports no torch, so ``--help`` answers at once.
 """
 import argparse
-import math
 import os
 
 from datasets.presets import PRESETS
 from lib.errors import InputError
+from lib.flags import (
+    COUNT,
+    MAX_WORKERS,
+    MOMENTUM,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    SEED,
+    ArgumentParser,
+    Range,
+    check_data,
+    default_workers,
+)
 from models import ARCHS
 
 METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
 # The losses each entry point trains (docs/method.md section 9): the method, and the paper's baselines.
 LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
-# Every option string of the authors' two parsers (train_SNCA_CE/main.py, train_SNCA_CE_MC/main.py) and the
-# destination it sets there; ours accept each with the same meaning.
-REFERENCE_OPTIONS = {
-    "mb": {"--data": "data", "--dataset": "dataset", "-b": "batch_size", "--batch-size": "batch_size",
-           "--num_workers": "num_workers", "--epochs": "epochs", "--lr": "lr", "--learning-rate": "lr",
-           "--resume": "resume", "--dim": "dim", "--imgEXT": "imgEXT", "--temperature": "temperature",
-           "--memory-momentum": "memory_momentum", "--m-mementum": "memory_momentum", "--margin": "margin",
-           "--model": "model", "--lambda_": "lambda_"},
-    "mu": {"--data": "data", "--dataset": "dataset", "-b": "batch_size", "--batch-size": "batch_size",
-           "--num_workers": "num_workers", "--epochs": "epochs", "--lr": "lr", "--learning-rate": "lr",
-           "--resume": "resume", "--dim": "dim", "--imgEXT": "imgEXT", "--temperature": "temperature",
-           "--margin": "margin"},
-}
-REFERENCE_DATASET = "UCMerced_LandUse"  # the reference scripts' default dataset, used with --data alone
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
-MAX_WORKERS = 4  # default decoding processes, fewer on a machine with fewer cores
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
 # Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
 LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
 # Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment: a
 # resume takes it from the checkpoint, and refuses a value that differs.
 MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size")
-
-
-class Range:
-    """An argparse ``type``: a finite number of ``kind`` within the bounds; anything else is refused in one line
-    naming the range (``must be > 0, got 0``)."""
-
-    def __init__(self, kind, low=None, high=None, low_open=False, high_open=False):
-        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
-        if low is not None and high is not None:
-            text = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        else:
-            text = f"{'>' if low_open else '>='} {low}" if low is not None else f"{'<' if high_open else '<='} {high}"
-        self.text = f"an integer {text}" if kind is int else text
-        self.__name__ = self.text  # argparse names a type by it
-
-    def __call__(self, text):
-        try:
-            value = self.kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or not self.holds(value):
-            raise argparse.ArgumentTypeError(f"must be {self.text}, got {text}")
-        return value
-
-    def holds(self, value):
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-
-POSITIVE = Range(float, low=0, low_open=True)
-NON_NEGATIVE = Range(float, low=0)
-MOMENTUM = Range(float, 0, 1, high_open=True)
-COUNT = Range(int, low=1)
-NON_NEGATIVE_INT = Range(int, low=0)
-SEED = Range(int, 0, 2**32 - 1)  # numpy's seed range
-
-
-def default_workers():
-    """``MAX_WORKERS`` decoding processes, or as many as this process may use cores, if fewer."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(MAX_WORKERS, cores)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to a flag's help, unless the help states its default itself, the default is None
-    (the help says what happens then) or the flag is a switch."""
-
-    def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the errors on one line, ``error: argument --lr: must be > 0, got 0`` (under torchrun, rank 0
-    alone says it), exit status 2, and ``HelpFormatter``."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def get_args_parser(memory="mb"):
@@ -288,22 +222,6 @@ def check_paths(args):
     check_data(args.data, args.dataset)
 
 
-def check_data(data, dataset):
-    """``--data`` is a folder; when ``<data>/<dataset>`` is missing and ``data`` looks like a dataset itself (its
-    name is the dataset's, or it holds class folders of files), the line says to give its parent."""
-    if data is None:
-        return
-    if not os.path.isdir(data):
-        raise InputError(f"--data {data}: no such folder")
-    dataset = dataset or REFERENCE_DATASET
-    if dataset == "synthetic" or os.path.isdir(os.path.join(data, dataset)):
-        return
-    parent, name = os.path.split(os.path.abspath(data))
-    with os.scandir(data) as entries:
-        classes = [e.path for e in entries if e.is_dir()]
-    if name == dataset or name in PRESETS or any(any(e.is_file() for e in os.scandir(c)) for c in classes[:5]):
-        raise InputError(f"--data {data} is the dataset folder itself (no {dataset} inside): --data is the folder "
-                         f"holding it; try --data {parent} --dataset {name}")
 
 
 def divergence_hint(args):
@@ -315,23 +233,3 @@ def divergence_hint(args):
     if args.amp == "fp16":
         return "; likely cause: float16 overflow (--amp fp16); try --amp bf16 or --amp none"
     return f"; if it recurs, try a lower --lr than {args.lr:g}"
-
-
-def add_checkpoint_arguments(parser):
-    """The trained run of scripts/evaluate.py and scripts/retrieve.py, given alike to both: ``RUN_DIR`` with
-    ``--checkpoint best|last``, or ``--checkpoint`` a checkpoint file (or a run folder) alone."""
-    parser.add_argument("target", nargs="?", metavar="RUN_DIR", help="a run folder, or a checkpoint file in one")
-    parser.add_argument("--checkpoint", default="best", metavar="{best,last,PATH}",
-                        help="best or last: that checkpoint of RUN_DIR; PATH: a checkpoint file, or a run folder "
-                        "(its best), instead of RUN_DIR")
-
-
-def checkpoint_target(args, parser):
-    """(run folder or checkpoint file, which checkpoint of a folder) from ``add_checkpoint_arguments``' flags."""
-    if args.checkpoint in ("best", "last"):
-        if args.target is None:
-            parser.error("give the trained run: RUN_DIR, or --checkpoint PATH")
-        return args.target, args.checkpoint
-    if args.target is not None:
-        parser.error(f"give the trained run once: RUN_DIR {args.target} or --checkpoint {args.checkpoint}, not both")
-    return args.checkpoint, "best"

@@ -9,9 +9,9 @@ import torch
 from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
 from datasets.check import check_dataset, summary
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
-from lib.args import REFERENCE_DATASET
 from lib.distributed import in_turn, on_main
 from lib.errors import InputError
+from lib.flags import REFERENCE_DATASET
 from lib.run import REPO
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it

@@ -30,7 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decoded_images  # noqa: E402
 from lib import plots  # noqa: E402
-from lib.args import (  # noqa: E402
+from lib.device import resolve_precision  # noqa: E402
+from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
+from lib.errors import InputError, one_line  # noqa: E402
+from lib.flags import (  # noqa: E402
     COUNT,
     NON_NEGATIVE_INT,
     SEED,
@@ -40,9 +43,6 @@ from lib.args import (  # noqa: E402
     checkpoint_target,
     default_workers,
 )
-from lib.device import resolve_precision  # noqa: E402
-from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
-from lib.errors import InputError, one_line  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
 from lib.knn import knn_predict  # noqa: E402
 from lib.metrics import clustering_scores, confusion_matrix, knn_accuracies, retrieval_scores  # noqa: E402

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decode_resized, load_rgb  # noqa: E402
-from lib.args import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
 from lib.device import resolve_device, resolve_precision  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
+from lib.flags import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")

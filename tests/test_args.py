@@ -13,7 +13,8 @@ import pytest
 from test_entry_points import SCRIPTS, small_run
 
 import lib.engine
-from lib.args import COUNT, Range, divergence_hint, get_args_parser, given_flags, parse_args
+from lib.args import divergence_hint, get_args_parser, given_flags, parse_args
+from lib.flags import COUNT, Range
 from lib.run import resume_line
 from lib.train import NonFiniteError
 
