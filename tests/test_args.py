@@ -273,3 +273,20 @@ def test_a_resume_extends_the_run_keeps_args_json_and_appends_history(trained, t
     assert {"time", "command", "git_commit", "host"} <= resume.keys() and "--epochs 2" in resume["command"]
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2] and all(m["memory_momentum"] == 0.5 for m in metrics)
+
+
+def test_default_workers_never_exceed_the_cores_torch_suggests():
+    """DataLoader warns when given more workers than the cores this process may use."""
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= get_args_parser("mb").parse_args([]).num_workers <= cores
+    assert 1 <= script_parser("evaluate").parse_args(["runs/x"]).num_workers <= cores
+
+
+def test_bad_image_warnings_say_what_becomes_of_the_files(tmp_path):
+    from datasets.check import summary
+
+    report = {"problems": [("unreadable", str(tmp_path / "a" / "x.png"), ""), ("empty-file", str(tmp_path / "b.png"),
+                                                                               "")]}
+    stopping, skipping = summary(report, str(tmp_path)), summary(report, str(tmp_path), skipping=True)
+    assert all("training stops unless --skip-bad-images" in line for line in stopping)
+    assert all("left out of the split (--skip-bad-images)" in line and "stops" not in line for line in skipping)
