@@ -1,8 +1,9 @@
 """Benchmarks: our code against the reference approach (benchmarks/reference.py), side by side in one run.
 
-    python benchmarks/run.py                 # CPU benchmarks on ../shared/data/RSSCN7 (or --data DIR)
-    python benchmarks/run.py --quick         # smaller sizes, a minute or two
-    python benchmarks/run.py --gpu           # the GPU benchmarks (benchmarks/gpu.sh runs this)
+    python benchmarks/run.py --data DIR --dataset RSSCN7          # CPU, on DIR/RSSCN7/<class>/*.jpg (any scene dataset)
+    python benchmarks/run.py --data DIR --dataset RSSCN7 --quick  # smaller sizes, a minute or two
+    python benchmarks/run.py --only knn loss                      # CPU, on generated tensors: no dataset needed
+    python benchmarks/run.py --gpu                                # the GPU benchmarks (benchmarks/gpu.sh runs this)
 
 Prints a Markdown table and appends it, with the machine and the command, to benchmarks/RESULTS.md.
 Every figure is wall-clock on this machine: compare ratios within one run only.
@@ -253,6 +254,14 @@ def bench_gpu(device, steps=30):
                                                     precision), device)
         row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
+        if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
+            fp32 = resolve_precision(device, "none")
+            train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, fp32)
+            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
+                                                       fp32), device)
+            row(f"training, {arch} {memory_kind.upper()}, 256 px, float32 (cuDNN's default TF32 convolutions), "
+                "channels_last, augmentation included (images/s)", steps * batch / fp32_s,
+                note=f"bf16 is {fp32_s / seconds:.2f}x faster")
         if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
             compiled = compile_network(model)
             compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[:3], optimizer, args,
@@ -291,7 +300,7 @@ def bench_reference_loader(samples, size, workers, passes=3):
     sum(len(x) for x, _, _ in loader)
     seconds, count = timed(lambda: sum(len(x) for _ in range(passes) for x, _, _ in loader))
     row(f"reference PIL pipeline, {size} px, {workers} workers (images/s)", count / seconds,
-        note=f"{len(samples)} RSSCN7 images x {passes} passes, workers started")
+        note=f"{len(samples)} images x {passes} passes, workers started")
 
 
 def machine(device):
@@ -314,9 +323,11 @@ def main():
     parser = argparse.ArgumentParser(description="Benchmarks against the reference approach.")
     parser.add_argument("--quick", action="store_true", help="smaller problems")
     parser.add_argument("--gpu", action="store_true", help="the GPU benchmarks")
-    parser.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data"))
-    parser.add_argument("--dataset", default="RSSCN7")
-    parser.add_argument("--imgEXT", default="jpg")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="folder holding --dataset: needed by the CPU data and epoch benchmarks; on the GPU "
+                        "it adds the reference PIL pipeline's row")
+    parser.add_argument("--dataset", default="RSSCN7", help="scene dataset folder under --data")
+    parser.add_argument("--imgEXT", default="jpg", help="its image extension")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch"),
                         help="CPU: run these benchmarks alone (default: all)")
@@ -325,8 +336,8 @@ def main():
     args = parser.parse_args()
     if args.loss_worker:
         return loss_worker(args.loss_worker, args.n)
-    root = os.path.join(args.data, args.dataset)
-    splits = build_splits(root, args.imgEXT) if os.path.isdir(root) else None
+    root = os.path.join(args.data, args.dataset) if args.data else None
+    splits = build_splits(root, args.imgEXT) if root and os.path.isdir(root) else None
     if args.gpu:
         device = torch.device("cuda")
         if splits:
@@ -334,11 +345,12 @@ def main():
         bench_gpu(device)
         return write_results(device, "GPU benchmarks")
     device = torch.device("cpu")
-    if splits is None:
-        sys.exit(f"error: no dataset at {root} (give --data and --dataset)")
-    if args.quick:
-        splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
     only = set(args.only or ("data", "knn", "loss", "epoch"))
+    if splits is None and only & {"data", "epoch"}:
+        sys.exit("error: the data and epoch benchmarks need a scene dataset: give --data DIR --dataset NAME "
+                 f"(--imgEXT EXT), DIR/NAME/<class>/<image>.EXT{'; there is none at ' + root if root else ''}")
+    if args.quick and splits:
+        splits = {k: v[::4] if k != "classes" else v for k, v in splits.items()}
     if "data" in only:
         bench_data(splits["train"], 256, args.workers)
     if "knn" in only:

@@ -1,4 +1,4 @@
-"""The reference training augmentation on whole uint8 batches, on the batch's own device (SPEC.md section 3).
+"""The reference training augmentation on whole uint8 batches, on the batch's own device (docs/method.md section 3).
 
 Reference, per PIL image after the fixed resize: ``RandomGrayscale(p=0.2) -> ColorJitter(0.4, 0.4, 0.4, 0.4)
 -> RandomHorizontalFlip(p=0.5) -> ToTensor -> Normalize(IMAGENET_MEAN, IMAGENET_STD)``;

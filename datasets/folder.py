@@ -1,4 +1,4 @@
-"""Folder-based RS scene datasets and the reference split (SPEC.md section 3).
+"""Folder-based RS scene datasets and the reference split (docs/method.md section 3).
 
 Layout: ``<data>/<dataset>/<class>/<image>.<ext>``; classes are the sorted sub-folder names and a
 label is the class index.

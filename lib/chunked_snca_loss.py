@@ -1,4 +1,4 @@
-"""The SNCA loss streamed over chunks of the memory (SPEC.md section 4; Wu et al., ECCV 2018, eq. 5-6).
+"""The SNCA loss streamed over chunks of the memory (docs/method.md section 4; Wu et al., ECCV 2018, eq. 5-6).
 
 Same value and gradient as ``snca_loss(features @ memory.T / T, ...)``, but the B x N logits are never
 held: forward and backward each walk the memory in blocks of ``chunk_size`` rows, so the extra memory
@@ -101,7 +101,7 @@ class _ChunkedSNCA(torch.autograd.Function):
 
 
 def chunked_snca_loss(features, memory, indices, bank_labels, temperature, margin=0.0, chunk_size=DEFAULT_CHUNK_SIZE):
-    """SNCA loss of a batch against the memory without the B x N logits (SPEC.md section 4).
+    """SNCA loss of a batch against the memory without the B x N logits (docs/method.md section 4).
 
     Args:
         features: (B, D) batch embeddings (float32, or bfloat16 / float16 from autocast; computed in float32).

@@ -49,7 +49,7 @@ SCALARS = {**{f"train/{k}": k for k in ("loss", "loss_snca", "loss_dcnn", "loss_
 
 
 def own_reference(args):
-    """The kNN reference that selects the best checkpoint: the bank for MB (SPEC.md section 5), else
+    """The kNN reference that selects the best checkpoint: the bank for MB (docs/method.md section 5), else
     the re-extracted training embeddings (MU, section 6; the baselines have no memory)."""
     return "bank" if args.memory == "mb" and args.method in ("snca-ce", "snca") else "extracted"
 

@@ -1,4 +1,4 @@
-"""Distance-weighted kNN classification on the device, in chunks (SPEC.md section 8)."""
+"""Distance-weighted kNN classification on the device, in chunks (docs/method.md section 8)."""
 import torch
 
 CHUNK_ELEMENTS = 2**26  # distances held at once: 256 MB in float32

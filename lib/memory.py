@@ -1,4 +1,4 @@
-"""The memory of SNCA: one embedding per training image (SPEC.md sections 5 and 6).
+"""The memory of SNCA: one embedding per training image (docs/method.md sections 5 and 6).
 
 MB keeps a momentum average of the network's own embeddings; MU writes the embeddings of a
 momentum-updated copy of the network, the key encoder (He et al., MoCo, CVPR 2020). Both are

@@ -1,4 +1,4 @@
-"""Final evaluation of a trained embedding: kNN, clustering and retrieval metrics (SPEC.md section 8).
+"""Final evaluation of a trained embedding: kNN, clustering and retrieval metrics (docs/evaluation.md).
 
 Test split as queries, training split as reference / database. Pure functions of tensors on their own
 device; the Q x N similarity matrix is never held whole: queries are taken in chunks of

@@ -1,6 +1,6 @@
 """Schedules as pure functions of the epoch (0-based), applied and logged by the training loop."""
 
-MEMORY_MOMENTUM_MILESTONES = ((80, 0.8), (120, 0.9))  # SPEC.md section 5
+MEMORY_MOMENTUM_MILESTONES = ((80, 0.8), (120, 0.9))  # docs/method.md section 5
 
 
 def memory_momentum(epoch, initial=0.5, milestones=MEMORY_MOMENTUM_MILESTONES):

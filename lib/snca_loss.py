@@ -1,4 +1,4 @@
-"""The SNCA loss of one mini-batch against the memory (SPEC.md section 4; Wu et al., ECCV 2018, eq. 5-6;
+"""The SNCA loss of one mini-batch against the memory (docs/method.md section 4; Wu et al., ECCV 2018, eq. 5-6;
 Kang et al., TGRS 2020, eq. 3-4)."""
 import torch
 

@@ -1,8 +1,8 @@
-"""One training epoch and the validation kNN (Kang et al., TGRS 2020, Algorithm 1; SPEC.md sections 4-8).
+"""One training epoch and the validation kNN (Kang et al., TGRS 2020, Algorithm 1; docs/method.md sections 4-8).
 
 One loop serves both methods and the paper's baselines: MB writes the network's own embeddings into
 the memory with the scheduled momentum, MU the key encoder's embeddings with momentum 0
-(replacement); D-CNN and Triplet (SPEC.md section 9) use no memory. Batches arrive as uint8 images on
+(replacement); D-CNN and Triplet (docs/method.md section 9) use no memory. Batches arrive as uint8 images on
 the device; augmentation and normalisation run there on the whole batch.
 """
 import torch
@@ -26,7 +26,7 @@ from lib.triplet_loss import triplet_loss
 PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar (each waits for the device)
 
 
-# The metric term of each loss (logged as loss_<term>), and whether L_CE joins it (SPEC.md section 9).
+# The metric term of each loss (logged as loss_<term>), and whether L_CE joins it (docs/method.md section 9).
 METRIC_TERM = {"snca-ce": "snca", "snca": "snca", "d-cnn": "dcnn", "triplet": "triplet"}
 WITH_CE = {"snca-ce": True, "snca": False, "d-cnn": True, "triplet": False}
 

@@ -1,4 +1,4 @@
-"""The triplet baseline: one triplet per training image and epoch, and the hinge on squared distances (SPEC.md
+"""The triplet baseline: one triplet per training image and epoch, and the hinge on squared distances (docs/method.md
 section 9; Schroff et al., "FaceNet", CVPR 2015, section 3.1)."""
 import torch
 

@@ -1,4 +1,4 @@
-"""Evaluate a trained run as the paper does (SPEC.md section 8): the evaluated split (default test) as
+"""Evaluate a trained run as the paper does (docs/evaluation.md): the evaluated split (default test) as
 queries, the training split as references / database, embedded with the eval transform on the device.
 
     python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
@@ -63,6 +63,10 @@ def get_args_parser():
     parser.add_argument("--batch-size", type=COUNT, default=512, help="images per embedding pass")
     parser.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
                         help="processes decoding images (default: the cores, at most 4)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="decoded images on disk, as in training (default: the run's own --cache-dir)")
+    parser.add_argument("--weights", default=None, metavar="PATH", help="not used (the checkpoint holds the trained "
+                        "network); accepted so that the paper scripts' EXTRA_ARGS serve training and evaluation alike")
     parser.add_argument("--tsne-points", type=Range(int, low=MIN_TSNE_POINTS), default=5000,
                         help="queries shown in tsne.png (a seeded sample)")
     parser.add_argument("--seed", type=SEED, default=0, help="seeds K-means, t-SNE and the example queries")
@@ -102,8 +106,8 @@ def evaluate_ranks(args, dist):
     emb, thumbnails = {}, None
     for name, samples in sets.items():
         mine = shard_batch(torch.arange(len(samples)), dist.rank, dist.world_size)      # contiguous, rank order
-        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers,
-                                run_args.get("cache_dir") if dist.world_size == 1 else None)  # (n, 3, S, S) uint8
+        cache_dir = (args.cache_dir or run_args.get("cache_dir")) if dist.world_size == 1 else None
+        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers, cache_dir)  # (n,3,S,S) u8
         emb[name] = all_gather_varlen(embed(model, images, labels[name][mine.to(device)].cpu(), device, precision,
                                             args.batch_size), dist)                          # (N, D)
         if name == "queries":  # for TensorBoard's projector

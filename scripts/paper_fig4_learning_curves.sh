@@ -11,12 +11,11 @@
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 
-for seed in $(seq 0 $((SEEDS - 1))); do
-  train_and_eval train_SNCA_CE    snca-ce NWPU-RESISC45 "$seed"  # ~94.0
-  train_and_eval train_SNCA_CE_MC snca-ce NWPU-RESISC45 "$seed"  # ~94.1
-  train_and_eval train_SNCA_CE    snca    NWPU-RESISC45 "$seed"  # ~92.3
-  train_and_eval train_SNCA_CE_MC snca    NWPU-RESISC45 "$seed"  # ~93.8
-  train_and_eval train_SNCA_CE    d-cnn   NWPU-RESISC45 "$seed"  # ~91.6
-  train_and_eval train_SNCA_CE    triplet NWPU-RESISC45 "$seed"  # ~90.7
-done
+plan train_SNCA_CE    snca-ce NWPU-RESISC45  # ~94.0
+plan train_SNCA_CE_MC snca-ce NWPU-RESISC45  # ~94.1
+plan train_SNCA_CE    snca    NWPU-RESISC45  # ~92.3
+plan train_SNCA_CE_MC snca    NWPU-RESISC45  # ~93.8
+plan train_SNCA_CE    d-cnn   NWPU-RESISC45  # ~91.6
+plan train_SNCA_CE    triplet NWPU-RESISC45  # ~90.7
+run_plan
 run python3 scripts/make_tables.py "$OUT"

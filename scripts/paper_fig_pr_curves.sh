@@ -8,9 +8,10 @@
 #
 # Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/pr_curves.png.
 # The paper's curves give no numbers; their order: the SNCA family far above Triplet, Triplet above D-CNN, and
-# the CE term a small gain (SPEC.md sec. 8).
+# the CE term a small gain (docs/reproduce.md).
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 
-all_paper_runs  # every method on AID and NWPU-RESISC45, SEEDS seeds (scripts/paper_common.sh)
+all_paper_runs  # every method on AID and NWPU-RESISC45 (scripts/paper_common.sh)
+run_plan
 run python3 scripts/make_tables.py "$OUT"

@@ -7,9 +7,10 @@
 #   DATA=/datasets DRY_RUN=1 bash scripts/paper_table_clustering.sh # print the commands only
 #
 # Settings and the skip/resume rule: scripts/paper_common.sh. Result: $OUT/tables/tables.md, "Clustering" table.
-# Neither the paper nor its follow-up gives clustering numbers (SPEC.md sec. 8), hence no comments.
+# No clustering number, from the paper or its follow-up, has been checked (docs/reproduce.md), hence no comments.
 set -euo pipefail
 source "$(dirname "$0")/paper_common.sh"
 
-all_paper_runs  # every method on AID and NWPU-RESISC45, SEEDS seeds (scripts/paper_common.sh)
+all_paper_runs  # every method on AID and NWPU-RESISC45 (scripts/paper_common.sh)
+run_plan
 run python3 scripts/make_tables.py "$OUT"

@@ -1,26 +1,19 @@
 #!/usr/bin/env bash
-# Train SNCA-CE (MB) and SNCA-CE (MU) on the paper's two datasets with the paper's settings
+# Train and evaluate SNCA-CE (MB) and SNCA-CE (MU) on the paper's two datasets with the paper's settings
 # (Kang et al., TGRS 2020; all defaults: ResNet-18 from ImageNet, D = 128, T = 0.05, lambda = 1,
-# batch 256, SGD lr 0.1 halved every 30 epochs, 130 epochs, validation kNN K = 10 every epoch).
+# batch 256, SGD lr 0.1 halved every 30 epochs, 130 epochs, validation kNN K = 10 every epoch), SEEDS runs each.
 #
-#   DATA=/datasets bash scripts/train_paper.sh          # expects /datasets/AID and /datasets/NWPU-RESISC45
-#   DATA=/datasets SEED=1 OUT=runs/paper bash scripts/train_paper.sh
-#   DATA=/datasets DRY_RUN=1 bash scripts/train_paper.sh  # print the commands only
+#   DATA=/datasets bash scripts/train_paper.sh            # expects /datasets/AID and /datasets/NWPU-RESISC45
+#   DATA=/datasets SEEDS=1 OUT=runs/paper bash scripts/train_paper.sh
+#   DATA=/datasets DRY_RUN=1 bash scripts/train_paper.sh  # print the plan and the commands only
 #
+# Settings, run names and the skip/resume rule: scripts/paper_common.sh (the same runs as the other paper scripts').
 # The numbers in the comments are the validation kNN@10 plateaus read off the paper's Fig. 4 (NWPU).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-: "${DATA:?set DATA to the folder that holds AID/ and NWPU-RESISC45/}"
-SEED=${SEED:-0}
-OUT=${OUT:-runs/paper}
+source "$(dirname "$0")/paper_common.sh"
 
-run() {
-  echo "+ $*"
-  if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
-}
-
-common=(--data "$DATA" --imgEXT jpg --seed "$SEED" --out "$OUT")
-run python3 train_SNCA_CE/main.py "${common[@]}" --dataset AID --run-name "AID-snca-ce-mb-seed$SEED"
-run python3 train_SNCA_CE_MC/main.py "${common[@]}" --dataset AID --run-name "AID-snca-ce-mu-seed$SEED"
-run python3 train_SNCA_CE/main.py "${common[@]}" --dataset NWPU-RESISC45 --run-name "NWPU-snca-ce-mb-seed$SEED"  # ~94.0
-run python3 train_SNCA_CE_MC/main.py "${common[@]}" --dataset NWPU-RESISC45 --run-name "NWPU-snca-ce-mu-seed$SEED"  # ~94.1
+plan train_SNCA_CE    snca-ce AID
+plan train_SNCA_CE_MC snca-ce AID
+plan train_SNCA_CE    snca-ce NWPU-RESISC45  # ~94.0
+plan train_SNCA_CE_MC snca-ce NWPU-RESISC45  # ~94.1
+run_plan

@@ -9,13 +9,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from datasets import augment
+from datasets import augment, decode_resized
 from datasets.augment import (
-    FLIP_P,
-    GRAYSCALE_P,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    JITTER,
     apply_params,
     draw_params,
     eval_preprocess,
@@ -23,6 +18,14 @@ from datasets.augment import (
     to_float,
     train_augment,
 )
+from lib.args import get_args_parser
+
+# The authors' transforms (train_SNCA_CE/main.py of github.com/jiankang1991/SNCA_CE), written here rather than
+# imported from datasets/augment.py, so that a wrong constant there fails: Resize((256, 256)), RandomGrayscale(p=0.2),
+# ColorJitter(0.4, 0.4, 0.4, 0.4) (factors in [0.6, 1.4], hue shift in [-0.4, 0.4]), RandomHorizontalFlip() (p = 0.5),
+# ToTensor, Normalize with the ImageNet mean and std; evaluation: Resize((256, 256)), ToTensor, Normalize.
+GRAYSCALE_P, FLIP_P, JITTER, SIZE = 0.2, 0.5, 0.4, 256
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 TF_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)  # fn_idx 0..3
 NAMES = ("brightness", "contrast", "saturation", "hue")
@@ -182,3 +185,15 @@ def test_cpu_sub_batches_do_not_change_the_result(monkeypatch):
     whole = train_augment(images, torch.Generator().manual_seed(7))
     monkeypatch.setattr(augment, "CPU_CHUNK_ELEMENTS", 3 * images[0].numel())  # sub-batches of 3, 3, 3, 1
     assert torch.equal(train_augment(images, torch.Generator().manual_seed(7)), whole)
+
+
+def test_the_pipeline_is_the_authors_at_the_paper_size(tmp_path):
+    """Image size 256 by default, and the decode-once resize is torchvision's Resize((256, 256)) of the PIL image (no
+    crop, aspect ratio not kept), so that the cached uint8 images are what the authors' first transform produced."""
+    assert get_args_parser("mb").parse_args([]).image_size == SIZE
+    assert get_args_parser("mu").parse_args([]).image_size == SIZE
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, size=(300, 420, 3), dtype=np.uint8))  # not square, not 256
+    image.save(tmp_path / "scene.png")
+    want = T.PILToTensor()(T.Resize((SIZE, SIZE))(image))                               # (3, 256, 256) uint8
+    assert torch.equal(decode_resized(str(tmp_path / "scene.png"), SIZE), want)

@@ -1,4 +1,5 @@
-"""lib.dcnn_loss and lib.triplet_loss against float64 double loops written from the formulas (SPEC.md section 9)."""
+"""lib.dcnn_loss and lib.triplet_loss against float64 double loops written from the formulas (docs/method.md
+section 9)."""
 import pytest
 import torch
 

@@ -1,5 +1,5 @@
-"""lib.chunked_snca_loss against the reference implementation's values, lib.snca_loss and gradcheck (SPEC.md section 4),
-and a check that no B x N tensor is ever created."""
+"""lib.chunked_snca_loss against the reference implementation's values, lib.snca_loss and gradcheck (docs/method.md
+section 4), and a check that no B x N tensor is ever created."""
 import os
 
 import numpy as np
@@ -35,7 +35,7 @@ def with_cosine_one_positives(features, memory, indices, labels):
 
 
 def explicit_formula(logits, indices, labels, margin):
-    """SPEC.md section 4 with explicit exponentials, differentiable float64 (no log-sum-exp)."""
+    """docs/method.md section 4 with explicit exponentials, differentiable float64 (no log-sum-exp)."""
     not_self = torch.ones_like(logits)                                        # (B, N)
     not_self[torch.arange(len(indices)), indices] = 0
     e = torch.exp(logits) * not_self                                          # (B, N)

@@ -109,7 +109,7 @@ def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image
 @pytest.mark.parametrize("method, loss, term", [("mb", "snca", "snca"), ("mu", "snca", "snca"),
                                                 ("mb", "d-cnn", "dcnn"), ("mb", "triplet", "triplet")])
 def test_baselines_train_and_resume_exactly(method, loss, term, image_tree, tmp_path):
-    """The paper's baselines (SPEC.md section 9) share the loop, logging and checkpoints: 2 epochs + 1 resumed
+    """The paper's baselines (docs/method.md section 9) share the loop, logging and checkpoints: 2 epochs + 1 resumed
     equal 3 straight; the triplet's draws come from decoded files here (--cache none)."""
     out = str(tmp_path / "runs")
     extra = ("--method", loss, *(("--cache", "none") if loss == "triplet" else ()))

@@ -1,4 +1,4 @@
-"""The memories (SPEC.md sections 5, 6) against the reference implementation's values and their formulas."""
+"""The memories (docs/method.md sections 5, 6) against the reference implementation's values and their formulas."""
 import math
 import os
 

@@ -1,23 +1,112 @@
-"""The paper scripts print their commands in dry-run mode, and those commands parse."""
+"""The paper scripts, in dry-run mode: one naming scheme, one set of settings, EXTRA_ARGS on every training and
+evaluation command, float32 unless asked, the plan (run count, GPU hours) printed first, and commands that parse."""
+import glob
 import os
+import re
 import shlex
 import subprocess
 
+import pytest
+
 from lib.args import get_args_parser
+from scripts.evaluate import get_args_parser as evaluate_parser
 
 from conftest import REPO
 
+SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "scripts", "*.sh"))
+                 if not p.endswith("paper_common.sh"))
+METHODS = ("snca-ce", "snca", "d-cnn", "triplet")
+PLAN = re.compile(r"^plan: (\d+) runs \((\d+) already evaluated, (\d+) to train and evaluate\), about ([\d.]+) GPU "
+                  r"hours on one H200 in (float32|bf16 autocast|fp16 autocast), (\d+) epochs")
 
-def test_train_paper_dry_run_lists_both_methods_on_both_datasets():
-    env = dict(os.environ, DATA="/datasets", DRY_RUN="1", SEED="3")
+
+def dry_run(script, out, **env):
+    env = dict(os.environ, DATA="/datasets", DRY_RUN="1", OUT=str(out), **env)
+    done = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=env, capture_output=True, text=True,
+                          check=True)
+    return done.stdout.splitlines()
+
+
+def commands(lines):
+    return [shlex.split(line[2:]) for line in lines if line.startswith("+ ")]
+
+
+def test_every_script_is_covered():
+    assert set(SCRIPTS) == {"train_paper.sh", "paper_table_knn.sh", "paper_table_retrieval.sh",
+                            "paper_table_clustering.sh", "paper_fig4_learning_curves.sh", "paper_fig_pr_curves.sh"}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_dry_run_plan_names_and_extra_args(script, tmp_path):
+    out, weights, cache = tmp_path / "paper", tmp_path / "resnet18.pth", tmp_path / "cache"
+    weights.write_bytes(b"")  # exists, for a parser that checks paths; a dry run never reads it
+    extra = f"--num_workers 7 --weights {weights} --cache-dir {cache}".split()
+    lines = dry_run(script, out, SEEDS="2", EPOCHS="5", EXTRA_ARGS=" ".join(extra))
+    plan = PLAN.match(lines[0])
+    assert plan, f"{script} does not print its plan first: {lines[0]!r}"
+    cmds = commands(lines)
+    trains = [c for c in cmds if c[1].endswith("/main.py")]
+    evals = [c for c in cmds if c[1] == "scripts/evaluate.py"]
+    tables = [c for c in cmds if c[1] == "scripts/make_tables.py"]
+    assert len(trains) + len(evals) + len(tables) == len(cmds)
+    assert int(plan[1]) == int(plan[3]) == len(trains) == len(evals) and int(plan[2]) == 0
+    assert float(plan[4]) > 0 and plan[5] == "float32" and plan[6] == "5"
+    assert len(tables) == (0 if script == "train_paper.sh" else 1)
+    names = set()
+    for train, evaluate in zip(trains, evals):
+        memory = {"train_SNCA_CE/main.py": "mb", "train_SNCA_CE_MC/main.py": "mu"}[train[1]]
+        args = get_args_parser(memory).parse_args(train[2:])
+        # One naming scheme: <dataset>-<method>-<mb|mu>-seed<k> under OUT, whatever the script.
+        assert args.run_name == f"{args.dataset}-{args.method}-{memory}-seed{args.seed}"
+        assert args.out == str(out) and args.data == "/datasets" and args.epochs == 5
+        assert args.dataset in ("AID", "NWPU-RESISC45") and args.method in METHODS and args.seed in (0, 1)
+        assert args.amp == "none"  # float32, as the authors trained, unless AMP or EXTRA_ARGS say otherwise
+        # EXTRA_ARGS reach the training command, last, so that they win over the script's flags ...
+        assert train[-len(extra):] == extra
+        assert args.num_workers == 7 and args.weights == str(weights) and args.cache_dir == str(cache)
+        # ... and its evaluation, of the run folder just trained.
+        assert evaluate[-len(extra):] == extra
+        evaluated = evaluate_parser().parse_args(evaluate[2:])
+        assert evaluated.target == os.path.join(str(out), args.run_name)
+        assert evaluated.num_workers == 7 and evaluated.cache_dir == str(cache)
+        names.add(args.run_name)
+    assert len(names) == len(trains)  # no run trained twice
+
+
+def test_train_paper_runs_both_memories_on_both_datasets_and_shares_the_tables_runs(tmp_path):
+    def names(script):
+        return {get_args_parser("mu" if "MC" in c[1] else "mb").parse_args(c[2:]).run_name
+                for c in commands(dry_run(script, tmp_path, SEEDS="1")) if c[1].endswith("/main.py")}
+    trained = names("train_paper.sh")
+    assert trained == {f"{d}-snca-ce-{m}-seed0" for d in ("AID", "NWPU-RESISC45") for m in ("mb", "mu")}
+    assert trained < names("paper_table_knn.sh")  # the same folders: the tables reuse train_paper.sh's runs
+
+
+def test_amp_and_extra_args_choose_mixed_precision(tmp_path):
+    def plan_and_amp(**env):
+        lines = dry_run("train_paper.sh", tmp_path, SEEDS="1", **env)
+        trains = [c for c in commands(lines) if c[1].endswith("/main.py")]
+        amps = {get_args_parser("mb").parse_known_args(c[2:])[0].amp for c in trains}
+        return PLAN.match(lines[0]), amps
+    fp32, amps = plan_and_amp()
+    assert amps == {"none"}
+    bf16, amps = plan_and_amp(AMP="bf16")
+    assert amps == {"bf16"} and bf16[5] == "bf16 autocast"
+    assert float(bf16[4]) < float(fp32[4])  # RESULTS.md: bf16 trains faster than float32 on the GPU
+    _, amps = plan_and_amp(EXTRA_ARGS="--amp bf16")
+    assert amps == {"bf16"}
+    env = dict(os.environ, DATA="/datasets", DRY_RUN="1", AMP="fp64")
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "train_paper.sh")], env=env, capture_output=True,
-                          text=True, check=True)
-    commands = [shlex.split(line[2:]) for line in done.stdout.splitlines() if line.startswith("+ ")]
-    assert len(commands) == 4
-    seen = set()
-    for command in commands:
-        memory = "mb" if command[1] == "train_SNCA_CE/main.py" else "mu"
-        args = get_args_parser(memory).parse_args(command[2:])
-        assert args.data == "/datasets" and args.seed == 3 and args.imgEXT == "jpg" and args.epochs == 130
-        seen.add((memory, args.dataset))
-    assert seen == {(m, d) for m in ("mb", "mu") for d in ("AID", "NWPU-RESISC45")}
+                          text=True)
+    assert done.returncode != 0 and "AMP=fp64" in done.stderr
+
+
+def test_evaluated_runs_are_skipped_and_not_counted(tmp_path):
+    done = tmp_path / "AID-snca-ce-mb-seed0" / "eval" / "test"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    lines = dry_run("train_paper.sh", tmp_path, SEEDS="1")
+    plan = PLAN.match(lines[0])
+    assert (plan[1], plan[2], plan[3]) == ("4", "1", "3")
+    assert "= AID-snca-ce-mb-seed0: done" in "\n".join(lines)
+    assert len([c for c in commands(lines) if c[1].endswith("/main.py")]) == 3

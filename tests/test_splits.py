@@ -1,4 +1,4 @@
-"""datasets.build_splits against the reference generator's order and the published counts (SPEC.md section 3)."""
+"""datasets.build_splits against the reference generator's order and the published counts (docs/method.md section 3)."""
 import json
 import os
 import random
