@@ -207,9 +207,9 @@ def shown(value):
 
 
 def check_paths(args):
-    """The paths given, before anything is written: each exists as the kind it must be, a new run's folder does
-    not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
-    if args.weights is not None and not os.path.isfile(args.weights):
+    """The paths given, before anything is written: each exists as the kind it must be (``--weights`` only for a
+    new run), a new run's folder does not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
+    if args.weights is not None and not args.resume and not os.path.isfile(args.weights):  # a resume loads none
         raise InputError(f"--weights {args.weights}: no such file")
     for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
         if path is not None and os.path.exists(path) and not os.path.isdir(path):
@@ -220,8 +220,6 @@ def check_paths(args):
         raise InputError(f"run folder {os.path.join(args.out, args.run_name)} already exists: choose another "
                          "--run-name, or --resume it")
     check_data(args.data, args.dataset)
-
-
 
 
 def divergence_hint(args):
