@@ -4,6 +4,7 @@
     python benchmarks/run.py --data DIR --dataset RSSCN7 --quick  # smaller sizes, a minute or two
     python benchmarks/run.py --only knn loss                      # CPU, on generated tensors: no dataset needed
     python benchmarks/run.py --gpu                                # the GPU benchmarks (benchmarks/gpu.sh runs this)
+    python benchmarks/run.py --only bands                         # N-band decode once, on 13-band GeoTIFFs it writes
 
 Prints a Markdown table and appends it, with the machine and the command, to benchmarks/RESULTS.md.
 Every figure is wall-clock on this machine: compare ratios within one run only.
@@ -79,6 +80,41 @@ def bench_data(samples, size, workers):
         note="decoded once, batched augmentation")
     row(f"data, {size} px, {workers} workers: first epoch, decode + augment (images/s)", n / (decode_s + augment_s),
         n / ref_s)
+
+
+# ---------------- N-band (13-band uint16 GeoTIFF) decode once ----------------
+def bench_bands(workers, count=2000, size=64, bands=13):
+    """Decode-once throughput of EuroSAT-MS-like files (``count`` images, 64 px, 13 uint16 bands, written here
+    with tifffile), kept at 64 px as EuroSAT is used (no resize), and of a tenth of them resized to 256 px (the
+    kept array grows 16-fold); and one pass of the N-band training pipeline (standardise, flip, rot90) over the
+    64 px images."""
+    import tempfile
+
+    import tifffile
+
+    from datasets.augment import BandPipeline
+    from datasets.bands import band_input, band_statistics
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as root:
+        samples = []
+        for k in range(count):
+            os.makedirs(os.path.join(root, f"c{k % 10}"), exist_ok=True)
+            path = os.path.join(root, f"c{k % 10}", f"{k}.tif")
+            tifffile.imwrite(path, rng.integers(0, 10000, (bands, size, size), dtype=np.uint16),
+                             photometric="minisblack", planarconfig="separate")
+            samples.append((path, k % 10))
+        layout = band_input("all", "4,3,2", bands, "uint16")
+        for target, part in ((256, samples[: count // 10]), (size, samples)):
+            seconds, images = timed(lambda: decoded_images(part, target, workers, bands=layout))
+            row(f"N-band decode once, {len(part)} x {bands}-band uint16 {size} px -> {target} px, {workers} workers "
+                "(images/s)", len(part) / seconds,
+                note=f"tifffile; kept as {str(images.dtype)[6:]}, {images.nbytes / 2**20:.0f} MiB")
+        pipeline = BandPipeline(layout.with_stats(*band_statistics(images.split(256))), rot90=True)
+        batches = TensorBatches(images, [label for _, label in samples], 256, CPU, shuffle=True)
+        seconds, _ = timed(lambda: [pipeline.train(x) for x, _, _ in batches])
+        row(f"N-band training pipeline, {bands} bands {size} px (images/s)", count / seconds,
+            note="standardise, flip, rot90; CPU")
 
 
 # ---------------- kNN at NWPU size ----------------
@@ -329,7 +365,7 @@ def main():
     parser.add_argument("--dataset", default="RSSCN7", help="scene dataset folder under --data")
     parser.add_argument("--imgEXT", default="jpg", help="its image extension")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch"),
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands"),
                         help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
@@ -345,7 +381,7 @@ def main():
         bench_gpu(device)
         return write_results(device, "GPU benchmarks")
     device = torch.device("cpu")
-    only = set(args.only or ("data", "knn", "loss", "epoch"))
+    only = set(args.only or ("data", "knn", "loss", "epoch", "bands"))
     if splits is None and only & {"data", "epoch"}:
         sys.exit("error: the data and epoch benchmarks need a scene dataset: give --data DIR --dataset NAME "
                  f"(--imgEXT EXT), DIR/NAME/<class>/<image>.EXT{'; there is none at ' + root if root else ''}")
@@ -360,6 +396,8 @@ def main():
     if "epoch" in only:
         for memory_kind in ("mb", "mu"):
             bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
+    if "bands" in only:
+        bench_bands(args.workers, 500 if args.quick else 2000)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
 
 

@@ -6,11 +6,17 @@ evaluation: ``ToTensor -> Normalize``.
 Here the random parameters are drawn per image with the same laws, and for fixed parameters every op
 repeats the arithmetic of torchvision's *tensor* functional ops (``transforms._functional_tensor``),
 batched: no Python loop over images.
+
+N-band images (``--bands``) have their own pipeline, ``BandPipeline``: per-band standardisation with the
+training split's statistics and the geometric ops, which mean the same for any band set; grayscale and
+colour jitter are defined on 8-bit RGB only and stay on the reference pipeline.
 """
 import torch
 
-__all__ = ["FLIP_P", "GRAYSCALE_P", "IMAGENET_MEAN", "IMAGENET_STD", "JITTER", "apply_params", "draw_params",
-           "eval_preprocess", "normalize", "to_float", "train_augment"]
+from datasets.bands import BandInput, rgb_composite, safe_std
+
+__all__ = ["FLIP_P", "GRAYSCALE_P", "IMAGENET_MEAN", "IMAGENET_STD", "JITTER", "RGB", "BandPipeline", "apply_params",
+           "draw_params", "eval_preprocess", "normalize", "pipeline_of", "to_float", "train_augment"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -177,3 +183,75 @@ def train_augment(images_uint8, generator=None, params=None):
 def eval_preprocess(images_uint8):
     """The reference evaluation transform (after the resize): ``ToTensor -> Normalize`` on a uint8 batch."""
     return normalize(to_float(images_uint8))
+
+
+class RGBPipeline:
+    """The reference pipeline of 8-bit RGB images (the functions above), behind ``BandPipeline``'s interface."""
+    channels, rgb, stats = 3, None, None
+    ops = ("grayscale (p=0.2)", "colour jitter (0.4, 0.4, 0.4, 0.4)", "horizontal flip (p=0.5)")
+
+    def draw(self, batch_size, device, generator=None):
+        return draw_params(batch_size, device, generator)
+
+    def train(self, images, generator=None, params=None):
+        return train_augment(images, generator, params)
+
+    def eval(self, images):
+        return eval_preprocess(images)
+
+    def display(self, images):
+        """uint8 RGB (n, 3, H, W) for figures: the images themselves."""
+        return images
+
+
+RGB = RGBPipeline()
+
+
+class BandPipeline:
+    """N-band images (B, C, S, S) of any dtype -> float32, standardised per band with the training split's
+    mean and std (``bands``, a ``datasets.bands.BandInput`` with its statistics); for training, then a
+    horizontal flip with p = 0.5 (the reference's) and, with ``rot90``, a rotation by k x 90 degrees, k uniform
+    in {0, 1, 2, 3} (with the flip, the 8 symmetries of the square). Batched on the images' device.
+    Standardising first is the same as last: both ops only move pixels."""
+
+    def __init__(self, bands, rot90=False):
+        self.bands, self.rot90 = bands, rot90
+        self.channels, self.rgb, self.stats = bands.channels, bands.rgb, bands.to_json()
+        self.ops = ("horizontal flip (p=0.5)",) + (("rotation by k x 90 degrees",) if rot90 else ())
+        self.mean = torch.tensor(bands.mean, dtype=torch.float32).view(1, -1, 1, 1)           # (1, C, 1, 1)
+        self.std = torch.tensor(safe_std(bands.std), dtype=torch.float32).view(1, -1, 1, 1)   # (1, C, 1, 1)
+
+    def draw(self, batch_size, device, generator=None):
+        params = {"flip": torch.rand(batch_size, generator=generator, device=device) < FLIP_P}    # (B,) bool
+        if self.rot90:
+            params["rot90"] = torch.randint(0, 4, (batch_size,), generator=generator, device=device)  # (B,)
+        return params
+
+    def eval(self, images):
+        """(x - mean) / std per band, float32 (B, C, S, S)."""
+        return (images.to(torch.float32) - self.mean.to(images.device)) / self.std.to(images.device)
+
+    def train(self, images, generator=None, params=None):
+        """Flip, then rotate, each image as drawn: one gather through the index map of its symmetry (the source
+        pixel of each output pixel; a flip and a rotation only move pixels), after the standardisation."""
+        params = params if params is not None else self.draw(images.shape[0], images.device, generator)
+        x = self.eval(images).flatten(2)                                                       # (B, C, S*S)
+        which = params["flip"].long() * 4 + (params["rot90"] if self.rot90 else 0)             # (B,) in 0..7
+        source = symmetry_maps(images.shape[-1], images.device)[which]                         # (B, S*S)
+        return x.gather(2, source[:, None].expand_as(x)).view(images.shape)                   # (B, C, S, S)
+
+    def display(self, images):
+        """uint8 RGB composites (n, 3, H, W) of the red, green, blue bands, stretched per image and band."""
+        return rgb_composite(images, self.rgb)
+
+
+def symmetry_maps(size, device):
+    """(8, S*S) long: for flip f and k quarter turns, row 4 f + k holds the source pixel of each output pixel of
+    ``rot90(flip(x) if f else x, k)``, i.e. that transform applied to the image of pixel indices."""
+    pixels = torch.arange(size * size, device=device).view(size, size)                        # (S, S)
+    return torch.stack([(pixels.flip(-1) if f else pixels).rot90(k).flatten() for f in (0, 1) for k in range(4)])
+
+
+def pipeline_of(band_stats, rot90=False):
+    """The pipeline of a run from its ``band_stats`` record: ``RGB`` when it has none (8-bit RGB images)."""
+    return RGB if band_stats is None else BandPipeline(BandInput.from_json(band_stats), rot90)

@@ -2,7 +2,9 @@
 
 Both sources yield ``(images uint8 (B, 3, S, S), labels (B,), indices (B,))`` on the training device,
 in the same order for the same generator state, so ``--cache none`` trains exactly as a cached run;
-augmentation and normalisation then run on the whole batch there (``datasets.augment``).
+augmentation and normalisation then run on the whole batch there (``datasets.augment``). N-band images
+(``--bands``) come as (B, C, S, S) at the files' dtype, and the batches carry their ``pipeline``
+(``datasets.augment.BandPipeline``); None is the reference RGB pipeline.
 """
 import math
 import signal
@@ -14,12 +16,20 @@ from torch.utils.data import DataLoader, default_collate
 from datasets.folder import SceneDataset
 
 
-def collate(samples, size):
+def collate(samples, size, channels=3, dtype=torch.uint8):
     """``default_collate``, which also takes an empty list: the empty part of a batch smaller than the world."""
     if not samples:
         nothing = torch.empty(0, dtype=torch.long)
-        return torch.empty(0, 3, size, size, dtype=torch.uint8), nothing, nothing
+        return torch.empty(0, channels, size, size, dtype=dtype), nothing, nothing
     return default_collate(samples)
+
+
+def gather(images, indices):
+    """``images[indices]``; uint16 N-band images through their int16 view (the same bits), since indexing
+    kernels for uint16 are not built on every device."""
+    if images.dtype == torch.uint16:
+        return images.view(torch.int16)[indices].view(torch.uint16)
+    return images[indices]
 
 
 def ignore_interrupts(worker_id):
@@ -35,6 +45,8 @@ class Batches:
     (``torch.tensor_split`` over ``world_size``, as ``lib.distributed.shard_batch``): every image once per
     pass, by one rank. A batch with fewer images than ranks leaves some ranks an empty part, yielded as such.
     """
+
+    pipeline = None  # how the images are augmented and normalised: None, the reference RGB functions
 
     def __init__(self, labels, batch_size, device, shuffle=False, generator=None, rank=0, world_size=1):
         self.labels = torch.as_tensor(labels, dtype=torch.long).cpu()            # (N,)
@@ -74,7 +86,7 @@ class TensorBatches(Batches):
     def iterate(self, start=0):
         pin = self.device.type == "cuda" and self.images.device.type == "cpu"
         for indices in self.shard_indices(start):                                # (B,)
-            images = self.images[indices.to(self.images.device)]                 # (B, 3, S, S)
+            images = gather(self.images, indices.to(self.images.device))        # (B, 3, S, S)
             if pin:
                 images = images.pin_memory()
             yield (images.to(self.device, non_blocking=True), self.labels[indices].to(self.device),
@@ -82,15 +94,15 @@ class TensorBatches(Batches):
 
     def images_at(self, indices):
         """uint8 images (B, 3, S, S) of dataset ``indices`` (CPU) on the device: the triplet loss's draws."""
-        return self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
+        return gather(self.images, indices.to(self.images.device)).to(self.device, non_blocking=True)
 
 
 class DecodingBatches(Batches):
     """The same batches, decoded from the files in every pass by ``num_workers`` processes (``--cache none``)."""
 
     def __init__(self, samples, size, batch_size, device, num_workers, shuffle=False, generator=None, rank=0,
-                 world_size=1):
-        self.dataset = SceneDataset(samples, size)
+                 world_size=1, bands=None):
+        self.dataset = SceneDataset(samples, size, bands)
         super().__init__(self.dataset.targets, batch_size, device, shuffle, generator, rank, world_size)
         self.num_workers, self.size = num_workers, size
 
@@ -98,10 +110,16 @@ class DecodingBatches(Batches):
         # The loader's own generator keeps it from drawing on the global RNG that augmentation uses.
         loader = DataLoader(self.dataset, batch_sampler=[i.tolist() for i in self.shard_indices(start)],
                             num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            collate_fn=partial(collate, size=self.size), generator=torch.Generator(),
+                            collate_fn=self.collate_fn(), generator=torch.Generator(),
                             worker_init_fn=ignore_interrupts)
         for images, labels, indices in loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device), indices.to(self.device)
+
+    def collate_fn(self):
+        bands = self.dataset.bands
+        if bands is None:
+            return partial(collate, size=self.size)
+        return partial(collate, size=self.size, channels=bands.channels, dtype=bands.torch_dtype)
 
     def images_at(self, indices):
         """uint8 images (B, 3, S, S) of dataset ``indices``, decoded here, on the device."""

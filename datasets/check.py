@@ -12,11 +12,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from datasets.folder import SIXTEEN_BIT, SPLIT_NAMES, build_splits, list_class_files, to_rgb
+from datasets.folder import (
+    BAND_DTYPES,
+    SIXTEEN_BIT,
+    SPLIT_NAMES,
+    InputError,
+    band_header,
+    build_splits,
+    list_class_files,
+    read_bands,
+    to_rgb,
+)
 
 KINDS = {
     "unreadable": "cannot be decoded (corrupt, truncated or not an image)",
     "empty-file": "zero bytes",
+    "bands": "band count or data type other than the dataset's most common one (--bands)",
     "mode": "not 8-bit RGB; converted to RGB as the detail says",
     "size": "size other than the dataset's most common one (every image is resized to --image-size anyway)",
     "extension-case": "extension matches --imgEXT only ignoring case: included here, skipped by the reference's glob",
@@ -26,7 +37,7 @@ KINDS = {
     "empty-class": "class folder without any image of --imgEXT: it still takes a label",
     "other-file": "file without the --imgEXT extension, not used",
 }
-BAD = ("unreadable", "empty-file")
+BAD = ("unreadable", "empty-file", "bands")
 STOPS, SKIPPED = "training stops unless --skip-bad-images", "left out of the split (--skip-bad-images)"
 CONVERSIONS = {
     "1": "bilevel, replicated to 3 channels", "L": "grey, replicated to 3 channels",
@@ -53,6 +64,30 @@ def inspect(path, full):
         return None, None, ("unreadable", str(error))
 
 
+def inspect_bands(path, full):
+    """``inspect`` of an N-band TIFF (``--bands``), read with tifffile: ``mode`` is '<count> x <dtype>'."""
+    if os.path.getsize(path) == 0:
+        return None, None, ("empty-file", "")
+    try:
+        count, dtype, size = band_header(path)
+        if full:
+            read_bands(path)
+    except InputError as error:
+        return None, None, ("unreadable", str(error).removeprefix(f"cannot read image {path}: "))
+    return f"{count} x {dtype}", size, None
+
+
+def band_problems(paths, found):
+    """The most common '<count> x <dtype>' of the files, and a "bands" problem for each file with another (or
+    with a dtype that is not read: complex, 64-bit integers)."""
+    layouts = collections.Counter(mode for mode, _, _ in found if mode)
+    if not layouts:
+        return None, []
+    common = layouts.most_common(1)[0][0]
+    return common, [("bands", p, f"{mode}, most are {common}") for p, (mode, _, _) in zip(paths, found)
+                    if mode and (mode != common or mode.split(" x ")[1] not in BAND_DTYPES)]
+
+
 def digest(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -73,12 +108,12 @@ def duplicates(paths):
     return [sorted(group) for group in by_hash.values() if len(group) > 1]
 
 
-def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=False):
-    """Inspect every file of ``root`` = ``<data>/<dataset>``.
+def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=False, bands=None):
+    """Inspect every file of ``root`` = ``<data>/<dataset>``; with ``bands`` (``--bands``) as N-band TIFFs.
 
     Returns ``{"classes", "counts" (class -> split -> images), "totals" (split -> images), "problems"
-    [(kind, path, detail)], "bad" [paths]}``; the counts are those of the split training would use
-    (without the bad files when ``skip_bad``).
+    [(kind, path, detail)], "bad" [paths], "bands" ('<count> x <dtype>' of most files, or None)}``; the counts
+    are those of the split training would use (without the bad files when ``skip_bad``).
     """
     classes, files = list_class_files(root, ext)
     suffix = "." + ext.lstrip(".").lower()
@@ -92,11 +127,17 @@ def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=Fals
             elif not name.endswith(suffix):
                 problems.append(("extension-case", path, ""))
     with ThreadPoolExecutor(max(1, workers)) as pool:  # Pillow decodes and hashlib hashes without the GIL
-        found = list(pool.map(lambda p: inspect(p, full), paths))
-    bad = [p for p, (_, _, problem) in zip(paths, found) if problem]
+        found = list(pool.map(lambda p: (inspect_bands if bands else inspect)(p, full), paths))
     problems += [(problem[0], p, problem[1]) for p, (_, _, problem) in zip(paths, found) if problem]
-    problems += [("mode", p, f"{mode}: {CONVERSIONS.get(mode, 'converted by Pillow')}")
-                 for p, (mode, _, _) in zip(paths, found) if mode not in (None, "RGB")]
+    layout = None
+    if bands:
+        layout, odd = band_problems(paths, found)
+        problems += odd
+    else:
+        problems += [("mode", p, f"{mode}: {CONVERSIONS.get(mode, 'converted by Pillow')}")
+                     for p, (mode, _, _) in zip(paths, found) if mode not in (None, "RGB")]
+    bad = {p for kind, p, _ in problems if kind in BAD}
+    bad = [p for p in paths if p in bad]
     sizes = collections.Counter(size for _, size, _ in found if size)
     if sizes:
         common = sizes.most_common(1)[0][0]
@@ -116,7 +157,7 @@ def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=Fals
     problems += [("few-train", os.path.join(root, c), f"{n['train']} training image(s)")
                  for c, n in counts.items() if files[c] and n["train"] < 2]
     totals = {split: len(splits[split]) for split in SPLIT_NAMES}
-    return {"classes": classes, "counts": counts, "totals": totals, "problems": problems, "bad": bad}
+    return {"classes": classes, "counts": counts, "totals": totals, "problems": problems, "bad": bad, "bands": layout}
 
 
 def summary(report, root, limit=3, skipping=False):

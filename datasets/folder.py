@@ -7,6 +7,7 @@ import os
 import random
 
 import numpy as np
+import tifffile
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
@@ -103,17 +104,96 @@ def decode_resized(path, size):
     return TF.pil_to_tensor(TF.resize(load_rgb(path), [size, size]))
 
 
-class SceneDataset(torch.utils.data.Dataset):
-    """``(uint8 image (3, S, S), label, index)`` over ``(path, label)`` pairs; ``targets`` needs no I/O."""
+# N-band files (``--bands``): read with tifffile, kept at their own dtype; float64 is kept as float32.
+BAND_DTYPES = ("uint8", "uint16", "int16", "int32", "float32", "float64")
+TIFF_ERRORS = (OSError, ValueError, tifffile.TiffFileError)
 
-    def __init__(self, samples, size):
+
+def band_axis_first(array, axes, path):
+    """(C, H, W) of a tifffile series whatever its layout: one band (YX), interleaved samples (YXS) or planes
+    (SYX, CYX, QYX, IYX: one page per band)."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim != 3 or "Y" not in axes or "X" not in axes:
+        raise InputError(f"cannot read image {path}: a {array.ndim}-dimensional TIFF ({axes}); expected "
+                         "bands x height x width")
+    return np.moveaxis(array, next(i for i, a in enumerate(axes) if a not in "YX"), 0)
+
+
+def band_header(path):
+    """``(band count, dtype name, (width, height))`` of an N-band TIFF from its header (no pixel is read)."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes, dtype = series.shape, series.axes, np.dtype(series.dtype).name
+    except TIFF_ERRORS as error:
+        raise InputError(f"cannot read image {path}: {error}") from None
+    if len(shape) == 2:
+        return 1, dtype, (shape[1], shape[0])
+    if len(shape) != 3 or "Y" not in axes or "X" not in axes:
+        raise InputError(f"cannot read image {path}: a {len(shape)}-dimensional TIFF ({axes}); expected "
+                         "bands x height x width")
+    band = next(i for i, a in enumerate(axes) if a not in "YX")
+    return shape[band], dtype, (shape[axes.index("X")], shape[axes.index("Y")])
+
+
+def read_bands(path):
+    """All bands of an N-band TIFF as a numpy (C, H, W) array at the file's dtype, naming the file on failure."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array, axes = series.asarray(), series.axes
+    except TIFF_ERRORS as error:
+        raise InputError(f"cannot read image {path}: {error} (scripts/check_dataset.py lists every bad file)") from None
+    return band_axis_first(array, axes, path)
+
+
+def resize_bands(array, size):
+    """``Resize((S, S))`` of a (C, H, W) array band by band, as torch (C, S, S) at the array's dtype.
+
+    Bilinear with antialiasing (what torchvision's ``Resize`` does to a tensor), in float32 (exact for
+    8- and 16-bit values), rounded back to integers; an image already S x S is kept bit for bit.
+    """
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    if array.shape[1:] == (size, size):
+        return torch.from_numpy(np.ascontiguousarray(array))
+    x = torch.from_numpy(array.astype(np.float32))[None]                                     # (1, C, H, W)
+    y = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)[0]  # (C, S, S)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        y = y.round().clamp(info.min, info.max)
+    return y.to(torch.from_numpy(array[:0, 0, 0]).dtype)
+
+
+def decode_bands(path, size, bands):
+    """The bands of ``bands`` (a ``datasets.bands.BandInput``) of one file, resized: (C, S, S) at the files' dtype.
+    A file with another band count or dtype than the dataset's is named."""
+    array = read_bands(path)
+    if (array.shape[0], array.dtype.name) != (bands.count, bands.dtype):
+        raise InputError(f"{path} has {array.shape[0]} band(s) of {array.dtype.name}; the dataset's files have "
+                         f"{bands.count} of {bands.dtype} (scripts/check_dataset.py lists every such file; "
+                         "--skip-bad-images leaves them out)")
+    return resize_bands(array[list(bands.bands)], size)
+
+
+def decode_image(path, size, bands=None):
+    """``decode_resized`` (8-bit RGB, the reference) or, with ``bands``, ``decode_bands``."""
+    return decode_resized(path, size) if bands is None else decode_bands(path, size, bands)
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """``(image (C, S, S), label, index)`` over ``(path, label)`` pairs; ``targets`` needs no I/O. The image is
+    uint8 RGB, or with ``bands`` (``datasets.bands.BandInput``) the chosen bands at the files' dtype."""
+
+    def __init__(self, samples, size, bands=None):
         self.samples = list(samples)
         self.targets = [label for _, label in self.samples]
-        self.size = size
+        self.size, self.bands = size, bands
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         path, label = self.samples[index]
-        return decode_resized(path, self.size), label, index
+        return decode_image(path, self.size, self.bands), label, index

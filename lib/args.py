@@ -23,8 +23,10 @@ from lib.flags import (
     SEED,
     ArgumentParser,
     Range,
+    band_list,
     check_data,
     default_workers,
+    rgb_bands,
 )
 from models import ARCHS
 
@@ -58,6 +60,16 @@ def get_args_parser(memory="mb"):
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave unreadable and empty files out of the split (with a warning) instead of stopping; "
                       "the rest gets the reference split of itself")
+    data.add_argument("--bands", default=None, type=band_list,
+                      help="read multi-band .tif/.tiff files (tifffile), keeping these 1-based bands in this "
+                      "order, e.g. 4,3,2,8, or all (default: the --dataset preset's, EuroSAT_MS: all; else 8-bit "
+                      "RGB images)")
+    data.add_argument("--rgb-bands", default=None, type=rgb_bands,
+                      help="with --bands: the red, green and blue bands, which get ImageNet's filters and make the "
+                      "figures' composites (default: the preset's, EuroSAT_MS: 4,3,2; else none: every band gets "
+                      "the mean ImageNet filter and figures show band 1 in grey)")
+    data.add_argument("--rot90", action="store_true",
+                      help="with --bands: also rotate each training image by a random multiple of 90 degrees")
     data.add_argument("--image-size", type=Range(int, low=MIN_IMAGE_SIZE), default=256,
                       help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=SEED, default=42, help="seed of the per-class split shuffle; reference: 42")

@@ -9,7 +9,7 @@ from lib.errors import InputError
 from lib.utils import rng_state, set_rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
-MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size")
+MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands")
 
 
 def save_checkpoint(path, state):

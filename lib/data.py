@@ -7,6 +7,8 @@ import sys
 import torch
 
 from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
+from datasets.augment import BandPipeline
+from datasets.bands import BandError, run_band_input, training_statistics
 from datasets.check import check_dataset, summary
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from lib.distributed import in_turn, on_main
@@ -27,6 +29,8 @@ def resolve_data(args):
         args.data = os.path.join(REPO, "data")
     if args.imgEXT is None:
         args.imgEXT = PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif"
+    if args.dataset in PRESETS and args.bands is None:  # N-band presets read their bands (EuroSAT_MS: all)
+        args.bands, args.rgb_bands = PRESETS[args.dataset].bands, args.rgb_bands or PRESETS[args.dataset].rgb_bands
     if not os.path.isdir(args.data) and args.dataset != "synthetic":
         raise InputError(f"--data {args.data}: no such folder")
     if args.dataset == "synthetic":
@@ -40,7 +44,7 @@ def file_check(root, args):
     report = {"bad": [], "problems": []}
     if args.check_images != "none":
         report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images)
+                               args.skip_bad_images, args.bands)
         for line in summary(report, root, skipping=args.skip_bad_images):
             print(f"warning: {line}", file=sys.stderr)
     if report["bad"] and not args.skip_bad_images:
@@ -61,35 +65,41 @@ def checked_splits(root, args, dist):
     return splits, report
 
 
-def cache_place(args, device, num_images):
+def cache_place(args, device, num_images, bands=None):
     """Where decoded images live: ``--cache``, with auto = the device when they fill under half its free memory."""
     if args.cache != "auto":
         return args.cache
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        if num_images * 3 * args.image_size**2 < free * CACHE_DEVICE_SHARE:
+        if num_images * (bands.bytes_per_image_pixel if bands else 3) * args.image_size**2 < free * CACHE_DEVICE_SHARE:
             return "device"
     return "memory"
 
 
-def make_batches(splits, args, dist):
+def make_batches(splits, args, dist, report=None, band_stats=None):
     """Train batches (shuffled per epoch by the returned generator, last partial batch kept) and eval
     batches of the validation and training splits, all as uint8 images on the device; under torchrun each
     rank's part of every batch. Every rank decodes the splits itself; with ``--cache-dir`` rank 0 decodes
-    and writes the cache first, and the others read it."""
+    and writes the cache first, and the others read it. With ``--bands``: the chosen bands at the files'
+    dtype, and each batches object carries the N-band pipeline (``band_stats``: a resumed run's record)."""
     if not splits["val"]:
         raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
                          "images give no validation image")
     device, generator = dist.device, torch.Generator()
     shard = {"rank": dist.rank, "world_size": dist.world_size}
-    place = cache_place(args, device, len(splits["train"]) + len(splits["val"]))
+    try:
+        bands = run_band_input(args, (report or {}).get("bands"), splits["train"][0][0], band_stats)
+    except BandError as error:
+        raise InputError(str(error)) from None
+    place = cache_place(args, device, len(splits["train"]) + len(splits["val"]), bands)
+    images = {"train": None}
     if place == "none":
         def batches(split, batch_size, **shuffle):
             return DecodingBatches(splits[split], args.image_size, batch_size, device, args.num_workers, **shuffle,
-                                   **shard)
+                                   **shard, bands=bands)
     else:
         def decode(samples):
-            return decoded_images(samples, args.image_size, args.num_workers, args.cache_dir)
+            return decoded_images(samples, args.image_size, args.num_workers, args.cache_dir, bands)
 
         store = device if place == "device" else torch.device("cpu")
         images = {split: (in_turn(dist, decode, splits[split]) if args.cache_dir else decode(splits[split])).to(store)
@@ -98,5 +108,11 @@ def make_batches(splits, args, dist):
         def batches(split, batch_size, **shuffle):
             return TensorBatches(images[split], [label for _, label in splits[split]], batch_size, device, **shuffle,
                                  **shard)
-    train = batches("train", args.batch_size, shuffle=True, generator=generator)
-    return train, batches("val", args.eval_batch_size), batches("train", args.eval_batch_size), generator
+    made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", args.eval_batch_size),
+            batches("train", args.eval_batch_size))
+    if bands is not None:  # per-band statistics of the training split, once
+        bands = training_statistics(bands, splits["train"], args.image_size, args.num_workers, images["train"],
+                                    band_stats)
+        for each in made:
+            each.pipeline = BandPipeline(bands, args.rot90)
+    return (*made, generator)

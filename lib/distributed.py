@@ -145,9 +145,8 @@ def assert_same_on_all_ranks(tensor, dist, what):
 def sharded_knn_predict(queries, references, reference_labels, k, dist, chunk_elements=CHUNK_ELEMENTS):
     """``knn_predict`` for all queries, each rank taking its ``tensor_split`` shard of them.
 
-    A prediction depends on its own row of distances only, so the gathered result equals the single
-    process's, provided the BLAS gives a row the same bits whatever the number of rows (MKL does, as
-    measured, except for one row: a matrix-vector kernel, which could flip a tie within 1 ulp).
+    A prediction depends on its own query only, and ``knn_predict`` ranks by exact distances whatever
+    bits the matrix product gives a row, so the gathered result equals the single process's.
     Every rank needs all references (the memory is already everywhere).
     """
     shard = queries.tensor_split(dist.world_size)[dist.rank]                      # (~Q / world_size, D)

@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from datasets.augment import RGB
 from lib.args import divergence_hint
 from lib.checkpoint import (
     check_compatible,
@@ -106,10 +107,13 @@ def train_ranks(args, dist):
         check_compatible(checkpoint, args, num_train, num_classes)
     # The trunk weights before decoding (a missing download fails early); rank 0 fetches them first.
     weights = None if checkpoint else in_turn(dist, trunk_weights, args.model, args.pretrained, args.weights)
-    train_batches, val_batches, train_eval_batches, generator = make_batches(splits, args, dist)
+    train_batches, val_batches, train_eval_batches, generator = make_batches(
+        splits, args, dist, report, checkpoint.get("band_stats") if checkpoint else None)
+    pipeline = train_batches.pipeline or RGB  # N-band images (--bands): their own pipeline and first layer
 
     # ---------------- model, memory, key encoder, optimiser; DDP around the network ----------------
-    net = EmbeddingNet(args.model, args.dim, num_classes, weights).to(device, memory_format=precision.memory_format)
+    net = EmbeddingNet(args.model, args.dim, num_classes, weights, pipeline.channels, pipeline.rgb).to(
+        device, memory_format=precision.memory_format)
     memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device) \
         if uses_memory(args) else None
     key_encoder = KeyEncoder(net, dist, args.key_bn) if args.memory == "mu" else None
@@ -130,15 +134,19 @@ def train_ranks(args, dist):
     # ---------------- run folder (rank 0 writes) ----------------
     folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, checkpoint, device_used=str(device),
                                   world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
-                                  torch_version=torch.__version__)
+                                  torch_version=torch.__version__, augmentation=", ".join(pipeline.ops))
     if dist.is_main:
+        if pipeline.stats:
+            log.write_json("band_stats.json", pipeline.stats)
         print(f"run folder {folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
               f"{len(splits['test'])} train / val / test images, {device}"
-              + (f", {dist.world_size} ranks" if dist.world_size > 1 else ""))
+              + (f", {dist.world_size} ranks" if dist.world_size > 1 else "")
+              + f"; {pipeline.channels} bands; augmentation: {', '.join(pipeline.ops)}")
 
     def state(epoch, position=None):
-        return training_state(net, memory, key_encoder, optimizer, precision.scaler, epoch, best_acc, args, num_train,
-                              num_classes, position, dist.world_size, device)
+        return {**training_state(net, memory, key_encoder, optimizer, precision.scaler, epoch, best_acc, args,
+                                 num_train, num_classes, position, dist.world_size, device),
+                "band_stats": pipeline.stats}
 
     # ---------------- epochs: train, validate, log, checkpoint ----------------
     last = os.path.join(folder, "checkpoints", "last.pt")

@@ -74,6 +74,20 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
+def band_list(text):
+    """``--bands``' type, ``datasets.bands.parse_band_list``, imported (with torch) only when the flag is given."""
+    from datasets.bands import parse_band_list
+
+    return parse_band_list(text)
+
+
+def rgb_bands(text):
+    """``--rgb-bands``' type, ``datasets.bands.parse_rgb_bands``, imported only when the flag is given."""
+    from datasets.bands import parse_rgb_bands
+
+    return parse_rgb_bands(text)
+
+
 def check_data(data, dataset):
     """``--data`` is a folder; when ``<data>/<dataset>`` is missing and ``data`` looks like a dataset itself (its
     name is the dataset's, or it holds class folders of files), the line says to give its parent."""

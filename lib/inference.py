@@ -21,11 +21,13 @@ def checkpoint_path(target, which="best"):
 
 
 def load_trained(target, device, which="best", flag="RUN_DIR"):
-    """The network of a checkpoint in eval mode on ``device``, the run's recorded arguments and its folder."""
+    """The network of a checkpoint in eval mode on ``device``, the run's recorded arguments (with its
+    ``band_stats``, None for RGB images) and its folder."""
     path = checkpoint_path(target, which)
     state = load_state(path, flag=flag)
-    args = state["args"]
-    model = EmbeddingNet(args["model"], args["dim"], state["num_classes"])
+    args = dict(state["args"], band_stats=state.get("band_stats"))
+    model = EmbeddingNet(args["model"], args["dim"], state["num_classes"],
+                         in_channels=state["model"]["trunk.conv1.weight"].shape[1])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), args, os.path.dirname(os.path.dirname(os.path.abspath(path)))
 
@@ -52,9 +54,11 @@ def recorded_split(run_dir, split, data=None):
     return samples, classes, root
 
 
-def embed(model, images, labels, device, precision, batch_size=512):
-    """Float32 unit embeddings (N, D) of uint8 images (N, 3, S, S) with the eval preprocessing, on ``device``."""
+def embed(model, images, labels, device, precision, batch_size=512, pipeline=None):
+    """Float32 unit embeddings (N, D) of uint8 images (N, 3, S, S) with the eval preprocessing, on ``device``
+    (N-band images (N, C, S, S): ``pipeline``'s, ``datasets.augment.pipeline_of`` the run's ``band_stats``)."""
     batches = TensorBatches(images, labels, batch_size, device)
+    batches.pipeline = pipeline
     embeddings, _ = extract_embeddings(model, batches, precision)                 # (N, D)
     return embeddings
 

@@ -60,7 +60,7 @@ def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory
         if triplets is not None:  # anchors, positives and negatives through one forward pass
             others = indices.cpu()
             images = torch.cat([images, batches.images_at(triplets[0][others]), batches.images_at(triplets[1][others])])
-        images = augment(images, size, dist, copies=1 if triplets is None else 3).contiguous(
+        images = augment(images, size, dist, copies=1 if triplets is None else 3, pipeline=batches.pipeline).contiguous(
             memory_format=memory_format)                                            # (B, 3, S, S); triplet: (3B, ...)
         with autocast:
             embeddings, logits = model(images)                                          # (B, D), (B, C)
@@ -95,16 +95,18 @@ def train_one_epoch(model, memory, key_encoder, batches, optimizer, args, memory
     return {"loss": loss, f"loss_{term}": loss_metric, "loss_ce": loss_ce}
 
 
-def augment(images, size, dist, copies=1):
+def augment(images, size, dist, copies=1, pipeline=None):
     """``train_augment`` of this rank's images with the random draws of one process for the whole global batch
     (``size`` images, ``copies`` times for the triplet's anchors, positives and negatives), of which the rank
-    applies those of its own rows: the same augmented images as one process, whatever the world size."""
+    applies those of its own rows: the same augmented images as one process, whatever the world size.
+    ``pipeline``: N-band images' (``datasets.augment.BandPipeline``); None, the reference RGB one."""
+    train, draw = (pipeline.train, pipeline.draw) if pipeline is not None else (train_augment, draw_params)
     if dist.world_size == 1:
-        return train_augment(images)
+        return train(images)
     rows = shard_batch(torch.arange(size, device=images.device), dist.rank, dist.world_size)    # (b,)
     rows = torch.cat([rows + copy * size for copy in range(copies)])                          # (copies * b,)
-    params = {name: value[rows] for name, value in draw_params(copies * size, images.device).items()}
-    return train_augment(images, params=params)
+    params = {name: value[rows] for name, value in draw(copies * size, images.device).items()}
+    return train(images, params=params)
 
 
 def epoch_sums(totals, seen, dist):
@@ -163,10 +165,12 @@ def extract_embeddings(model, batches, precision, dist=None):
     """
     autocast, _, memory_format = precision
     model.eval()
+    preprocess = getattr(batches, "pipeline", None)  # N-band images' pipeline, or None: the reference RGB
+    preprocess = preprocess.eval if preprocess is not None else eval_preprocess
     embeddings, labels, indices = [], [], []
     for images, target, index in batches:
         with autocast:
-            embeddings.append(model(eval_preprocess(images).contiguous(memory_format=memory_format))[0].float())
+            embeddings.append(model(preprocess(images).contiguous(memory_format=memory_format))[0].float())
         labels.append(target)
         indices.append(index)
     embeddings, labels = torch.cat(embeddings), torch.cat(labels)                   # (n, D), (n,)

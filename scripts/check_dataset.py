@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
-from lib.flags import COUNT, SEED, ArgumentParser, check_data  # noqa: E402
+from lib.flags import COUNT, SEED, ArgumentParser, band_list, check_data  # noqa: E402
 
 
 def get_args_parser():
@@ -23,6 +23,9 @@ def get_args_parser():
     parser.add_argument("--data", required=True, help="folder holding <dataset>/<class>/<image>")
     parser.add_argument("--dataset", required=True, help="dataset folder name; known: " + ", ".join(sorted(PRESETS)))
     parser.add_argument("--imgEXT", default=None, help="image extension (default: the preset's, else tif)")
+    parser.add_argument("--bands", default=None, type=band_list,
+                        help="check the files as N-band TIFFs (tifffile): each must have the band count and data type "
+                        "of most (default: the preset's, EuroSAT_MS: all; else 8-bit RGB images)")
     parser.add_argument("--split-seed", type=SEED, default=42, help="seed of the reference split")
     parser.add_argument("--check-images", default="full", choices=("header", "full"),
                         help="header: read each header; full: decode each image (finds truncated files)")
@@ -38,16 +41,18 @@ def main():
     from datasets.folder import SPLIT_NAMES
 
     ext = args.imgEXT or (PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif")
+    bands = args.bands or (PRESETS[args.dataset].bands if args.dataset in PRESETS else None)
     try:
         check_data(args.data, args.dataset)
         root = dataset_root(args.data, args.dataset)
         report = check_dataset(root, ext, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images)
+                               args.skip_bad_images, bands)
     except InputError as error:
         sys.exit(f"error: {one_line(error)}")
 
     width = max(len(c) for c in report["classes"])
-    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}")
+    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}"
+          + (f", {report['bands']} bands per file (most files)" if report["bands"] else ""))
     print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLIT_NAMES))
     for name, counts in report["counts"].items():
         print(f"{name:<{width}}  " + "  ".join(f"{counts[s]:>6}" for s in SPLIT_NAMES))

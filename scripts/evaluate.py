@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import decoded_images  # noqa: E402
+from datasets.augment import pipeline_of  # noqa: E402
 from lib import plots  # noqa: E402
 from lib.device import resolve_precision  # noqa: E402
 from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
@@ -98,6 +99,8 @@ def evaluate_ranks(args, dist):
     database, classes, root = recorded_split(run_dir, "train", args.data)
     queries, _, _ = recorded_split(run_dir, args.split, args.data)
     out = os.path.join(run_dir, "eval", args.split)
+    pipeline = pipeline_of(run_args["band_stats"])  # N-band runs: their bands and per-band statistics
+    bands = getattr(pipeline, "bands", None)
 
     # ---------------- embeddings, on the device: each rank its share, gathered in order ----------------
     size = run_args["image_size"]
@@ -107,11 +110,12 @@ def evaluate_ranks(args, dist):
     for name, samples in sets.items():
         mine = shard_batch(torch.arange(len(samples)), dist.rank, dist.world_size)      # contiguous, rank order
         cache_dir = (args.cache_dir or run_args.get("cache_dir")) if dist.world_size == 1 else None
-        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers, cache_dir)  # (n,3,S,S) u8
+        images = decoded_images([samples[i] for i in mine.tolist()], size, args.num_workers, cache_dir,
+                                bands)                                                   # (n, C, S, S)
         emb[name] = all_gather_varlen(embed(model, images, labels[name][mine.to(device)].cpu(), device, precision,
-                                            args.batch_size), dist)                          # (N, D)
+                                            args.batch_size, pipeline), dist)                # (N, D)
         if name == "queries":  # for TensorBoard's projector
-            thumbnails = all_gather_varlen(thumbnail(images), dist)                          # (Q, 3, 32, 32)
+            thumbnails = all_gather_varlen(thumbnail(pipeline.display(images)), dist)        # (Q, 3, 32, 32)
     if not dist.is_main:
         return None
     os.makedirs(out, exist_ok=True)
@@ -147,8 +151,11 @@ def evaluate_ranks(args, dist):
                os.path.join(out, "tsne.png"))
     examples = np.sort(rng.permutation(len(q))[:EXAMPLE_QUERIES])
     found = top_k(q[examples], db, EXAMPLE_RESULTS).cpu().numpy()                     # (8, 10)
-    shown_queries = decoded_images([queries[i] for i in examples], size, 0).permute(0, 2, 3, 1).numpy()
-    shown_results = decoded_images([database[j] for j in found.flatten()], size, 0).permute(0, 2, 3, 1).numpy()
+    def shown(samples):  # uint8 RGB (n, S, S, 3): the images, or N-band images' RGB composites
+        return pipeline.display(decoded_images(samples, size, 0, bands=bands)).permute(0, 2, 3, 1).numpy()
+
+    shown_queries = shown([queries[i] for i in examples])
+    shown_results = shown([database[j] for j in found.flatten()])
     names = [[classes[db_labels[j]] for j in row] for row in found]
     plots.save(plots.retrieval_grid(shown_queries, shown_results.reshape(*found.shape, *shown_results.shape[1:]),
                                     db_labels.cpu().numpy()[found] == q_labels.cpu().numpy()[examples, None],

@@ -8,6 +8,9 @@ from PIL import Image
 from datasets.synthetic import CLASSES, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses whose runs are compared bit for bit sum with a fixed number of threads, whatever the machine
+# or its load (OpenMP's default follows the cores, and a reduction's order follows the threads).
+FIXED_THREADS = dict(os.environ, OMP_NUM_THREADS="2")
 
 
 def make_image_tree(root, classes=4, per_class=12, size=32, ext="png"):
@@ -26,3 +29,25 @@ def image_tree(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     make_image_tree(os.path.join(data, "tiny"))
     return str(data)
+
+
+
+def float32_error_bound(batch, dim, temperature, terms):
+    """How far the SNCA loss computed in float32 from unit float32 features and memory may be from float64
+    arithmetic on the same inputs: (loss error relative to max(1, loss), absolute gradient error).
+
+    A logit f.m / T is a dot product of ``dim`` terms, off by at most eps_s = (gamma_dim + u) / T (|f| |m| <= 1).
+    A log-sum-exp over the memory is then off by eps_s plus the relative error of a float32 sum of ``terms``
+    positive exponentials (a block's sum, then the running sum over blocks), for which we use the probabilistic
+    bound of Higham and Mary (SIAM J. Sci. Comput. 2019): lambda sqrt(n) u, exceeded with probability below
+    2 n exp(-lambda^2 / 2) (< 1e-6 for lambda = 7 and n <= 2e5); the worst case n u is ~1e4 times looser.
+    Each row's loss log Z' - log P + m is off by 2 (eps_s + sum), and their float32 mean by gamma_B times
+    itself more: at most (2 (eps_s + sum) + gamma_B) max(1, loss). The gradient (1 / (B T)) sum_j w_j m_j has
+    sum_j |w_j| <= 2 (two softmax weight sets), each weight exp(s - log-sum-exp) off by 2 eps_s + sum
+    relatively, and the weighted sum of ``terms`` products adds one more sum error: 2 / (B T) (2 eps_s + 2 sum).
+    """
+    unit = 2.0**-24
+    eps_s = (dim * unit / (1 - dim * unit) + unit) / temperature
+    summed = 7 * terms**0.5 * unit
+    gamma_batch = batch * unit / (1 - batch * unit)
+    return 2 * (eps_s + summed) + gamma_batch, 2 / (batch * temperature) * (2 * eps_s + 2 * summed)

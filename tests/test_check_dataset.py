@@ -152,6 +152,7 @@ def test_sixteen_bit_is_scaled_not_clipped(mode, tmp_path):
     assert len(np.unique(out)) > 50  # Pillow's own convert clips: everything above 255 would be white
 
 
+@pytest.mark.slow
 def test_check_dataset_script_reports_and_exits_1_on_bad_files(bad_tree, tmp_path):
     root, _, _ = bad_tree
     report = tmp_path / "report.json"
@@ -166,6 +167,7 @@ def test_check_dataset_script_reports_and_exits_1_on_bad_files(bad_tree, tmp_pat
     assert written["totals"] == {s: len(build_splits(root, "png")[s]) for s in ("train", "val", "test")}
 
 
+@pytest.mark.slow
 def test_check_dataset_script_exits_0_on_a_clean_dataset(image_tree, tmp_path):
     done = subprocess.run([sys.executable, CHECK, "--data", image_tree, "--dataset", "tiny", "--imgEXT", "png"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)

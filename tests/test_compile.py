@@ -15,6 +15,7 @@ from lib.memory import KeyEncoder
 from models import EmbeddingNet
 
 
+@pytest.mark.slow
 def test_compiled_step_computes_the_eager_step_in_float64():
     """In float64 the rounding differences vanish: the compiled network's outputs, loss gradients and the compiled
     key encoder's outputs (BatchNorm in training mode) equal the eager ones, and the parameters are shared."""
@@ -42,6 +43,7 @@ def test_compiled_step_computes_the_eager_step_in_float64():
     torch.testing.assert_close(key_encoder(images)[0], want_keys, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag(image_tree, tmp_path):
     """The tiny dataset's 32 training images are two full batches of 16: one shape, one compilation (MB: the
     key encoder's compilation is the float64 test's)."""

@@ -1,8 +1,8 @@
 """lib.distributed on two CPU processes (Gloo) against one process doing the same work.
 
-Each test spawns two workers that join a process group through ``init_distributed`` (as under
-torchrun), run one scenario, save their results in ``tmp_path`` and leave the group; the test then
-compares the files. Warnings are errors in the workers too.
+The tests share one start of two workers that join a process group through ``init_distributed`` (as
+under torchrun), run every scenario in turn, save their results in a temporary folder and leave the
+group; each test then compares its scenario's results. Warnings are errors in the workers too.
 """
 import os
 import socket
@@ -29,11 +29,12 @@ from lib.distributed import (
 )
 from lib.knn import knn_predict
 from lib.memory import Memory
+from lib.parallel import shuffled_forward
 
 WORLD = 2
 NUM_IMAGES, DIM, BATCH, EPOCHS = 49, 8, 16, 2  # batches of 16, 16, 16 and 1: the last leaves rank 1 empty
 LENGTH_PAIRS = [(3, 0), (3, 5), (0, 0)]       # rows given by rank 0 and rank 1 to all_gather_varlen
-TIMEOUT_S = 60  # a rank stuck in a collective fails the test instead of hanging it
+TIMEOUT_S = 600  # a rank stuck in a collective fails the test instead of hanging it; ample on a loaded machine
 
 
 def free_port():
@@ -55,7 +56,7 @@ def join_ranks(rank, world, port):
 def worker(rank, port, scenario, out_dir):
     dist = join_ranks(rank, WORLD, port)
     try:
-        result = SCENARIOS[scenario](dist)
+        result = {name: SCENARIOS[name](dist) for name in scenario}
     finally:
         cleanup(dist)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
@@ -73,9 +74,9 @@ def spawn(worker, args, nprocs, what, timeout_s=TIMEOUT_S):
             pytest.fail(f"{what} did not finish in {timeout_s} s")
 
 
-def run_on_two_ranks(scenario, tmp_path):
-    """Run ``scenario`` on two ranks and return what each saved."""
-    spawn(worker, (free_port(), scenario, str(tmp_path)), WORLD, f"scenario {scenario!r}")
+def run_on_two_ranks(scenarios, tmp_path):
+    """Run ``scenarios`` (names, in turn) on two ranks and return what each rank saved, by scenario."""
+    spawn(worker, (free_port(), scenarios, str(tmp_path)), WORLD, f"scenarios {scenarios!r}")
     return [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
 
 
@@ -102,9 +103,28 @@ def new_memory():
 
 
 def knn_data():
+    """Queries with some references among them, and references duplicated under another label: exact ties."""
     generator = torch.Generator().manual_seed(3)
     references, queries = torch.randn(300, DIM, generator=generator), torch.randn(42, DIM, generator=generator)
-    return queries, references, torch.randint(0, 7, (300,), generator=generator)
+    labels = torch.randint(0, 7, (300,), generator=generator)
+    references, labels = torch.cat([references, references[:6]]), torch.cat([labels, (labels[:6] + 1) % 7])
+    return torch.cat([queries, references[:10]]), references, labels
+
+
+class RowWise(torch.nn.Module):
+    """An encoder without BatchNorm whose outputs, like EmbeddingNet's (embedding, logits), are exact: integer
+    pixels times integer weights, sums far below 2^24. Each row depends on its own image only."""
+
+    def forward(self, images):
+        x = images.flatten(1).float()                                                 # (b, 3 S S)
+        weights = torch.arange(x.shape[1], dtype=torch.float32) % 7 - 3                # (3 S S,)
+        return x * weights, x.sum(1, keepdim=True)                                    # (b, 3 S S), (b, 1)
+
+
+def shuffle_images(rank):
+    """This rank's part of a global batch of 7 tiny images (4 and 3): pixel values say which image it is."""
+    batch = torch.arange(7 * 3 * 2 * 2, dtype=torch.uint8).reshape(7, 3, 2, 2)
+    return batch[shard_batch(torch.arange(7), rank, WORLD)]
 
 
 def gather_scenario(dist):
@@ -113,6 +133,8 @@ def gather_scenario(dist):
         floats, ints = rows(dist.rank, lengths[dist.rank])
         out[f"floats{case}"], out[f"ints{case}"] = all_gather_varlen(floats, dist), all_gather_varlen(ints, dist)
     barrier(dist)
+    torch.manual_seed(0)  # the permutation: drawn alike on every rank
+    out["shuffled"] = shuffled_forward(RowWise(), shuffle_images(dist.rank), dist)
     out["broadcast"] = broadcast_object({"from": dist.rank, "words": ["a"] * (dist.rank + 1)}, dist)
     return out
 
@@ -170,8 +192,19 @@ def test_one_process_leaves_torch_distributed_alone(monkeypatch):
     cleanup(dist)
 
 
-def test_all_gather_varlen_concatenates_unequal_lengths(tmp_path):
-    results = run_on_two_ranks("gather", tmp_path)
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """Every scenario, one after the other, in one start of two ranks (a start costs more than all of them)."""
+    return run_on_two_ranks(tuple(SCENARIOS), tmp_path_factory.mktemp("ranks"))
+
+
+def results_of(ranks, scenario):
+    return [result[scenario] for result in ranks]
+
+
+@pytest.mark.slow
+def test_all_gather_varlen_concatenates_unequal_lengths(ranks):
+    results = results_of(ranks, "gather")
     for case, lengths in enumerate(LENGTH_PAIRS):
         floats, ints = zip(*(rows(rank, n) for rank, n in enumerate(lengths)))
         for result in results:
@@ -180,8 +213,19 @@ def test_all_gather_varlen_concatenates_unequal_lengths(tmp_path):
     assert all(result["broadcast"] == {"from": 0, "words": ["a"]} for result in results)
 
 
-def test_memory_stays_identical_and_equals_one_process(tmp_path):
-    results = run_on_two_ranks("memory", tmp_path)
+@pytest.mark.slow
+def test_shuffle_bn_puts_every_row_back(ranks):
+    """MoCo's shuffle-BN sends images to other ranks and their outputs back: with an encoder without BatchNorm,
+    each rank gets encoder(its images), row for row, as if nothing had moved."""
+    for rank, result in enumerate(results_of(ranks, "gather")):
+        want = RowWise()(shuffle_images(rank))
+        assert len(result["shuffled"]) == len(want) == 2
+        assert all(torch.equal(got, w) for got, w in zip(result["shuffled"], want))
+
+
+@pytest.mark.slow
+def test_memory_stays_identical_and_equals_one_process(ranks):
+    results = results_of(ranks, "memory")
     oracle = new_memory()
     for epoch in range(EPOCHS):
         for step, batch in enumerate(epoch_batches(epoch)):
@@ -193,13 +237,15 @@ def test_memory_stays_identical_and_equals_one_process(tmp_path):
     assert torch.equal(results[0]["memory"], oracle.memory)
 
 
-def test_sharded_knn_equals_one_process(tmp_path):
-    results = run_on_two_ranks("knn", tmp_path)
+@pytest.mark.slow
+def test_sharded_knn_equals_one_process(ranks):
+    results = results_of(ranks, "knn")
     expected = knn_predict(*knn_data(), 5, chunk_elements=300 * 8)
     for result in results:
         assert torch.equal(result["predictions"], expected)
 
 
-def test_assert_same_on_all_ranks_raises_when_ranks_differ(tmp_path):
-    for result in run_on_two_ranks("mismatch", tmp_path):
+@pytest.mark.slow
+def test_assert_same_on_all_ranks_raises_when_ranks_differ(ranks):
+    for result in results_of(ranks, "mismatch"):
         assert [message.split(" differs")[0] for message in result["messages"]] == ["signed zero", "length", "labels"]

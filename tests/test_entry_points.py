@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO
+from conftest import FIXED_THREADS, REPO
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -23,7 +23,7 @@ TAGS = {"train/loss", "train/loss_snca", "train/loss_ce", "train/lr", "val/knn_a
 def run(method, *flags, cwd):
     """Run an entry point from ``cwd`` (not the repository) and return the completed process."""
     return subprocess.run([sys.executable, SCRIPTS[method], *flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=FIXED_THREADS)
 
 
 def small_run(method, data, out, *extra, epochs=2, run_name="run"):
@@ -37,6 +37,7 @@ def metrics(folder):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mb", "mu"])
 def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     out = str(tmp_path / "runs")
@@ -81,6 +82,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, image_tree, tmp_path):
     assert "nothing to train after epoch 3" in finished.stdout and [m["epoch"] for m in metrics(folder)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, cache, workers, resume", [
     ("mb", "memory", "0", "file"), ("mb", "none", "2", "folder"),
     ("mu", "memory", "0", "folder"), ("mu", "none", "2", "file"),
@@ -106,6 +108,7 @@ def test_resumed_run_equals_a_straight_run(method, cache, workers, resume, image
         assert_same(sa[part], sb[part], part)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, loss, term", [("mb", "snca", "snca"), ("mu", "snca", "snca"),
                                                 ("mb", "d-cnn", "dcnn"), ("mb", "triplet", "triplet")])
 def test_baselines_train_and_resume_exactly(method, loss, term, image_tree, tmp_path):
@@ -146,6 +149,7 @@ def assert_same(a, b, where):
         assert a == b, where
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mb", "mu"])
 def test_help_documents_the_flags(method, tmp_path):
     done = run(method, "--help", cwd=tmp_path)
@@ -167,6 +171,7 @@ def one_line_error(done, *needles):
         assert needle in lines[-1], lines[-1]
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_line_naming_the_path_or_flag(image_tree, tmp_path):
     base = ["--pretrained", "none", "--image-size", "32", "--num_workers", "0", "--out", str(tmp_path / "runs")]
     missing = str(tmp_path / "nowhere")
@@ -187,6 +192,7 @@ def truncate(path):
     Path(path).write_bytes(Path(path).read_bytes()[: os.path.getsize(path) * 2 // 3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_image_failing_to_decode_is_named(tmp_path, workers):
     """Past the header check (the default), a truncated file stops decoding, named."""
@@ -201,6 +207,7 @@ def test_image_failing_to_decode_is_named(tmp_path, workers):
     one_line_error(done, "cannot read image", os.path.basename(bad), "--skip-bad-images")
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_refused_by_name_or_skipped(tmp_path):
     from conftest import make_image_tree
 
@@ -227,6 +234,7 @@ def test_unreadable_images_are_refused_by_name_or_skipped(tmp_path):
     assert sorted(check["bad"]) == sorted(bad)
 
 
+@pytest.mark.slow
 def test_preset_fills_the_extension_and_reports_a_wrong_class_count(tmp_path):
     from conftest import make_image_tree
 
@@ -239,6 +247,7 @@ def test_preset_fills_the_extension_and_reports_a_wrong_class_count(tmp_path):
     assert json.loads((tmp_path / "runs" / "whu" / "args.json").read_text())["imgEXT"] == "jpg"
 
 
+@pytest.mark.slow
 def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):
     """``--cache none`` (decoded per epoch by workers) and ``--cache memory`` give the same run on CPU."""
     out = str(tmp_path / "runs")
@@ -251,6 +260,7 @@ def test_decoding_every_epoch_trains_exactly_as_the_cache(image_tree, tmp_path):
     assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
 
 
+@pytest.mark.slow
 def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
     from conftest import make_image_tree
 

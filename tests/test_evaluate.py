@@ -23,6 +23,8 @@ from models import EmbeddingNet
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test here trains a network
+
 EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 RETRIEVE = os.path.join(REPO, "scripts", "retrieve.py")
 FIGURES = ("confusion_matrix.png", "pr_curve.png", "tsne.png", "retrieval_examples.png")

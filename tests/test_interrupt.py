@@ -18,6 +18,8 @@ from lib.train import train_one_epoch
 from lib.utils import rng_state, seed_everything, set_rng_state
 from models import EmbeddingNet
 
+from conftest import FIXED_THREADS
+
 CPU = torch.device("cpu")
 
 
@@ -68,6 +70,7 @@ def epoch_state(method, stop_after=None):
     return losses, model.state_dict(), memory.state_dict(), optimizer.state_dict()
 
 
+@pytest.mark.slow
 def test_an_epoch_stopped_and_continued_equals_an_epoch_that_never_stopped():
     for method in ("mb", "mu"):
         straight = epoch_state(method)
@@ -83,11 +86,12 @@ def straight_run(image_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs"))
     done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4,
                                                                      run_name="straight")],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=FIXED_THREADS)
     assert done.returncode == 0, done.stderr
     return metrics(os.path.join(out, "straight"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
 def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight_run, image_tree, tmp_path):
     """SIGINT / SIGTERM: the step finishes, last.pt holds the position inside the epoch, exit 128 + signal with
@@ -95,7 +99,7 @@ def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight
     out = str(tmp_path / "runs")
     flags = small_run("mb", image_tree, out, "-b", "4", epochs=4, run_name="stopped")
     with subprocess.Popen([sys.executable, SCRIPTS["mb"], *flags], cwd=tmp_path, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:
+                          stderr=subprocess.PIPE, text=True, env=FIXED_THREADS) as process:
         for line in process.stdout:
             if line.startswith("epoch 1/4"):
                 process.send_signal(sig)
@@ -112,7 +116,7 @@ def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight
         assert f"stopped by {sig.name}" in stderr and "--resume" in stderr and "Traceback" not in stderr
         resume = folder
     resumed = subprocess.run([sys.executable, SCRIPTS["mb"], *flags, "--resume", resume], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=FIXED_THREADS)
     assert resumed.returncode == 0, resumed.stderr
     keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
     assert [[m[k] for k in keys] for m in straight_run] == [[m[k] for k in keys] for m in metrics(folder)]

@@ -24,10 +24,17 @@ def test_outputs(arch, size):
 
 
 def test_heads_are_kaiming_normal():
+    """std sqrt(2 / fan_in) and a normal's shape: kaiming_uniform_ has the same std but kurtosis 1.8, not 3.
+    Bounds: 6 standard errors of the estimate from n draws (std: sigma / sqrt(2n); kurtosis of a normal:
+    sqrt(24 / n)), so a correct initialisation fails with probability below 1e-8."""
     torch.manual_seed(0)
     model = EmbeddingNet("resnet18", dim=256, num_classes=100)
-    assert model.fc1.weight.std().item() == pytest.approx((2 / 512) ** 0.5, rel=0.03)
-    assert model.fc2.weight.std().item() == pytest.approx((2 / 256) ** 0.5, rel=0.03)
+    for weight, fan_in in ((model.fc1.weight, 512), (model.fc2.weight, 256)):
+        w = weight.detach().double().flatten()
+        n = len(w)
+        assert w.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=6 / (2 * n) ** 0.5)
+        kurtosis = ((w - w.mean()) ** 4).mean() / w.var(correction=0) ** 2
+        assert kurtosis.item() == pytest.approx(3, abs=6 * (24 / n) ** 0.5)
 
 
 def test_local_weights_file_is_loaded(tmp_path):

@@ -8,6 +8,8 @@ import torch
 
 from lib import snca_loss
 
+from conftest import float32_error_bound
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
@@ -60,9 +62,10 @@ def test_equals_reference_implementation(margin):
     loss = snca_loss(features @ memory.T / temperature, torch.tensor(z["indices"]), torch.tensor(z["labels"]),
                      margin=margin / temperature)
     loss.backward()
-    assert loss.item() == pytest.approx(float(z[f"m{margin}_loss"]), rel=1e-5)
-    want = z[f"m{margin}_grad_features"]
-    assert np.abs(features.grad.numpy() - want).max() <= 1e-4 * np.abs(want).max()
+    # Two float32 computations (ours, the reference's) from the same inputs: each within the float32 bound.
+    loss_bound, grad_bound = float32_error_bound(len(features), memory.shape[1], temperature, len(memory))
+    assert abs(loss.item() - float(z[f"m{margin}_loss"])) <= 2 * loss_bound * max(1, loss.item())
+    assert np.abs(features.grad.numpy() - z[f"m{margin}_grad_features"]).max() <= 2 * grad_bound
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.2 / 0.05, 1.0])
