@@ -115,6 +115,7 @@ def test_ranges_name_their_kind():
         Range(float, low=0, low_open=True)("inf")
 
 
+@pytest.mark.slow  # starts entry points or trains a network
 @pytest.mark.parametrize("script", ["train_SNCA_CE/main.py", "train_SNCA_CE_MC/main.py", "scripts/check_dataset.py",
                                     "scripts/make_tables.py", "scripts/evaluate.py", "scripts/retrieve.py"])
 def test_help_states_each_default_once(script):
@@ -136,6 +137,7 @@ print("torch imported:", "torch" in sys.modules)
 """
 
 
+@pytest.mark.slow  # starts entry points or trains a network
 @pytest.mark.parametrize("script", ["train_SNCA_CE/main.py", "train_SNCA_CE_MC/main.py", "scripts/check_dataset.py",
                                     "scripts/make_tables.py"])
 def test_help_does_not_import_torch(script):
@@ -185,6 +187,7 @@ def trained(image_tree, tmp_path_factory):
     return str(out / "run"), str(out)
 
 
+@pytest.mark.slow  # starts entry points or trains a network
 def test_a_resume_takes_the_experiment_from_its_checkpoint(trained, image_tree):
     folder, _ = trained
     args = parse_args("mb", ["--resume", folder, "--num_workers", "1"])
@@ -203,6 +206,7 @@ def tree(root):
     return found
 
 
+@pytest.mark.slow  # starts entry points or trains a network
 def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everything_as_it_was(trained, image_tree,
                                                                                                  tmp_path):
     folder, out = trained
@@ -253,6 +257,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
     assert (tree(tmp_path), tree(out), tree(image_tree)) == before  # no new folder, no changed file
 
 
+@pytest.mark.slow  # starts entry points or trains a network
 def test_a_resume_extends_the_run_keeps_args_json_and_appends_history(trained, tmp_path):
     folder = shutil.copytree(trained[0], tmp_path / "run")
     args_json = (folder / "args.json").read_bytes()
