@@ -33,7 +33,8 @@ from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
 from lib.args import get_args_parser  # noqa: E402
 from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
 from lib.device import compile_network, resolve_precision  # noqa: E402
-from lib.train import train_one_epoch, validate  # noqa: E402
+from lib.engine import train_one_epoch, validate  # noqa: E402
+from lib.momentum_update import MomentumUpdate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
 
 NWPU_TRAIN, NWPU_VAL, NWPU_CLASSES = 22005, 3195, 45
@@ -218,14 +219,15 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
     key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     memory = Memory(labels, args.dim)
+    ours = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program builds it
     if variant.startswith("ours"):
         train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
         batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
         val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
         eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
-        step_model = compile_network(model, key_encoder) if variant == "ours-compile" else model
-        return (lambda: train_one_epoch(step_model, memory, key_encoder, batches, optimizer, args, 0.5, precision),
-                lambda: validate(model, memory, val_batches, eval_batches, 10, precision))
+        step_model = compile_network(model, ours) if variant == "ours-compile" else model
+        return (lambda: train_one_epoch(step_model, ours, batches, optimizer, args, precision),
+                lambda: validate(model, ours, val_batches, eval_batches, 10, precision))
     if variant == "floor":
         inputs = [(torch.randn(len(part), 3, size, size).contiguous(memory_format=precision.memory_format),
                    labels[part]) for part in torch.arange(len(train)).split(args.batch_size)]
@@ -283,11 +285,11 @@ def bench_gpu(device, steps=30):
         key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
         memory = Memory(labels[:NWPU_TRAIN], args.dim).to(device)
+        memory = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program does
         train = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), batch, device, shuffle=True)
         head = list(itertools.islice(train, 3 + steps))
-        train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, precision)
-        seconds, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
-                                                    precision), device)
+        train_one_epoch(model, memory, head[:3], optimizer, args, precision)
+        seconds, _ = timed(lambda: train_one_epoch(model, memory, head[3:], optimizer, args, precision), device)
         row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
         if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
@@ -300,10 +302,9 @@ def bench_gpu(device, steps=30):
                 note=f"bf16 is {fp32_s / seconds:.2f}x faster")
         if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
             compiled = compile_network(model)
-            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[:3], optimizer, args,
-                                                          0.5, precision), device)
-            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, key_encoder, head[3:], optimizer, args,
-                                                        0.5, precision), device)
+            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, head[:3], optimizer, args, precision),
+                                 device)
+            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, head[3:], optimizer, args, precision), device)
             row(f"training, {arch} MB, 256 px, bf16, channels_last, --compile, augmentation included (images/s)",
                 steps * batch / seconds, note=f"after {compile_s:.0f} s of compilation")
         if arch == "resnet18":
@@ -311,7 +312,7 @@ def bench_gpu(device, steps=30):
             train_eval = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), 512, device)
 
             def epoch():
-                train_one_epoch(model, memory, key_encoder, train, optimizer, args, 0.5, precision)
+                train_one_epoch(model, memory, train, optimizer, args, precision)
                 return validate(model, memory, val, train_eval, 10, precision)
             seconds, _ = timed(epoch, device)
             row(f"NWPU-sized epoch (22,005 + 3,195 generated images), {arch} {memory_kind.upper()}, validation "

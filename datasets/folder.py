@@ -1,4 +1,5 @@
-"""Folder-based RS scene datasets and the reference split (docs/method.md section 3).
+"""Folder-based RS scene datasets, the reference split (docs/method.md section 3) and the authors' unseen-class
+split (docs/evaluation.md).
 
 Layout: ``<data>/<dataset>/<class>/<image>.<ext>``; classes are the sorted sub-folder names and a
 label is the class index.
@@ -12,7 +13,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from lib.errors import InputError
+from errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -64,6 +65,46 @@ def build_splits(root, ext="tif", seed=42, ratios=(0.7, 0.1, 0.2), exclude=()):
         kept = [f for f in files[name] if os.path.join(root, name, f) not in exclude]
         for split, part in zip(SPLIT_NAMES, split_class(kept, seed, ratios)):
             splits[split] += [(os.path.join(root, name, f), label) for f in part]
+    return splits
+
+
+def build_unseen_split(root, ext="tif", seed=42, seen_fraction=0.8, train_fraction=0.8, exclude=()):
+    """The authors' class-disjoint split (``DataGenClsSplit`` in their ``utils/dataGen.py``) of ``root``.
+
+    ``random.seed(seed)`` once; the seen classes are ``random.sample(sorted classes, int(seen_fraction * C))``,
+    labelled 0 .. S-1 by their position in that draw; then, continuing the same random stream, each seen
+    class's sorted file list (in draw order) is shuffled and cut at ``int(train_fraction * n)`` into train and
+    val. Every image of the other (unseen) classes is a test image. The authors order and label the unseen
+    classes through a Python ``set``, which changes from run to run: here they follow in sorted order, labelled
+    S .. C-1 (one label space, so that ``classes`` names every label), their files sorted. The fraction
+    multiplies n as given, never a sum of ratios, so 0.8 is the authors' literal: ``int(0.8 * n) == 4n // 5``.
+
+    Returns ``{"classes": seen in draw order + unseen sorted, "num_seen": S, "train", "val", "test"}``.
+    Opens no image; paths in ``exclude`` are left out before the split.
+    """
+    classes, files = list_class_files(root, ext)
+    for flag, fraction in (("--seen-fraction", seen_fraction), ("--train-fraction", train_fraction)):
+        if not 0 < fraction < 1:
+            raise InputError(f"{flag} {fraction}: must lie strictly between 0 and 1")
+    num_seen = int(seen_fraction * len(classes))
+    if num_seen < 2 or num_seen == len(classes):
+        short = "fewer than 2 seen classes" if num_seen < 2 else "no unseen class"
+        raise InputError(f"--split unseen: {root} has {len(classes)} classes; int({seen_fraction} x {len(classes)}) = "
+                         f"{num_seen} seen classes leaves {short} (it needs at least 3 classes)")
+    exclude = set(exclude)
+    kept = {c: [f for f in files[c] if os.path.join(root, c, f) not in exclude] for c in classes}
+    random.seed(seed)
+    seen = random.sample(classes, num_seen)
+    unseen = sorted(set(classes) - set(seen))
+    splits = {"classes": seen + unseen, "num_seen": num_seen, **{name: [] for name in SPLIT_NAMES}}
+    for label, name in enumerate(seen):
+        shuffled = list(kept[name])
+        random.shuffle(shuffled)
+        cut = int(train_fraction * len(shuffled))
+        splits["train"] += [(os.path.join(root, name, f), label) for f in shuffled[:cut]]
+        splits["val"] += [(os.path.join(root, name, f), label) for f in shuffled[cut:]]
+    for label, name in enumerate(unseen, start=num_seen):
+        splits["test"] += [(os.path.join(root, name, f), label) for f in kept[name]]
     return splits
 
 

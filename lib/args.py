@@ -16,7 +16,6 @@ from lib.errors import InputError
 from lib.flags import (
     COUNT,
     MAX_WORKERS,
-    MOMENTUM,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE,
@@ -28,23 +27,24 @@ from lib.flags import (
     default_workers,
     rgb_bands,
 )
+from lib.options import MEMORIES, METHODS, offered
 from models import ARCHS
 
-METHODS = {"mb": "SNCA-CE (MB): memory bank", "mu": "SNCA-CE (MU): momentum-updated key encoder"}
-# The losses each entry point trains (docs/method.md section 9): the method, and the paper's baselines.
-LOSSES = {"mb": ("snca-ce", "snca", "d-cnn", "triplet"), "mu": ("snca-ce", "snca")}
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
+FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
 # Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
 LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
-# Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment: a
+# Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment (the
+# split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, --sync-bn, ...): a
 # resume takes it from the checkpoint, and refuses a value that differs.
 MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size")
 
 
 def get_args_parser(memory="mb"):
-    parser = ArgumentParser(description=f"Train {METHODS[memory]} (Kang et al., IEEE TGRS 2020).")
-    parser.set_defaults(memory=memory)
+    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.options.MEMORIES``)."""
+    memories, methods = offered(memory)
+    parser = ArgumentParser(description=f"Train {MEMORIES[memory].title} (Kang et al., IEEE TGRS 2020).")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None, help="folder holding <dataset>/<class>/<image>; "
@@ -73,6 +73,14 @@ def get_args_parser(memory="mb"):
     data.add_argument("--image-size", type=Range(int, low=MIN_IMAGE_SIZE), default=256,
                       help="side of the fixed Resize((S, S)); paper: 256")
     data.add_argument("--split-seed", type=SEED, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--split", default="reference", choices=("reference", "unseen"),
+                      help="reference: every class split 0.7 / 0.1 / 0.2 (the paper's); unseen: the authors' "
+                      "class-disjoint split (DataGenClsSplit): seen classes train / val, the unseen ones are all test")
+    data.add_argument("--seen-fraction", type=FRACTION, default=0.8,
+                      help="--split unseen: share of the classes seen in training, int(f x C); authors: 0.8")
+    data.add_argument("--train-fraction", type=FRACTION, default=0.8,
+                      help="--split unseen: share of a seen class's images in train, int(f x n), the rest val; "
+                      "authors: 0.8")
     data.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
                       help=f"processes decoding images (default: the cores, at most {MAX_WORKERS})")
     data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
@@ -103,37 +111,22 @@ def get_args_parser(memory="mb"):
     optim.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="paper: 1e-4")
 
     loss = parser.add_argument_group("loss")
-    loss.add_argument("--method", default="snca-ce", choices=LOSSES[memory],
-                      help="snca-ce: lambda * L_SNCA + L_CE (the paper's method); snca: L_SNCA alone"
-                      + ("; d-cnn: L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), no memory; triplet: "
-                         "the triplet loss with random positives and negatives, no memory" if memory == "mb" else ""))
+    loss.add_argument("--method", default="snca-ce", choices=methods,
+                      help="; ".join(f"{name}: {METHODS[name].help}" for name in methods))
     loss.add_argument("--temperature", type=POSITIVE, default=0.05, help="SNCA temperature T; paper: 0.05")
     loss.add_argument("--margin", type=NON_NEGATIVE, default=0.0,
                       help="SNCA margin in cosine units (divided by T); paper: 0")
     loss.add_argument("--lambda_", type=NON_NEGATIVE, default=1.0,
                       help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
 
-    if memory == "mb":
-        loss.add_argument("--dcnn-tau", type=NON_NEGATIVE, default=0.44,
-                          help="D-CNN distance threshold tau; Cheng et al.: 0.44")
-        loss.add_argument("--dcnn-beta", type=NON_NEGATIVE, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
-        loss.add_argument("--dcnn-weight", type=NON_NEGATIVE, default=1.0,
-                          help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
-        loss.add_argument("--triplet-margin", type=NON_NEGATIVE, default=0.2,
-                          help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
-                          "paper; FaceNet's 0.2)")
+    for name in methods:
+        METHODS[name].add_arguments(loss)
 
-    method = parser.add_argument_group(METHODS[memory])
-    if memory == "mb":
-        method.add_argument("--memory-momentum", "--m-mementum", type=MOMENTUM, default=0.5,
-                            help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
-    else:
-        method.add_argument("--ema-momentum", type=MOMENTUM, default=0.999,
-                            help="key-encoder EMA momentum; paper: 0.999")
-        method.add_argument("--key-bn", default="sync", choices=("sync", "shuffle"),
-                            help="under torchrun, the key encoder's BatchNorm batch: sync, the whole global batch "
-                            "(the paper's one-GPU setting, exactly); shuffle, MoCo's shuffle-BN across ranks. "
-                            "One process: the whole batch either way")
+    titles = "; ".join(f"{name}: {MEMORIES[name].title}" for name in memories)
+    parser.add_argument_group("memory").add_argument("--memory", default=memory, choices=memories,
+                                                     help=f"the memory of L_SNCA: {titles}")
+    for name in memories:
+        MEMORIES[name].add_arguments(parser.add_argument_group(MEMORIES[name].title))
 
     run = parser.add_argument_group("run")
     run.add_argument("--seed", type=SEED, default=0,
@@ -143,7 +136,7 @@ def get_args_parser(memory="mb"):
                      help="mixed precision of the network (default: bf16 on CUDA, none elsewhere); "
                      "the SNCA loss, the memory and kNN stay float32")
     run.add_argument("--compile", action="store_true",
-                     help="torch.compile the training step's network (and the key encoder): faster steps on a GPU "
+                     help="torch.compile the training step's network (and MU's key encoder): faster steps on a GPU "
                      "after a compilation of tens of seconds per batch shape; needs Triton (CUDA) or a C++ "
                      "compiler (CPU)")
     run.add_argument("--sync-bn", action="store_true",
@@ -169,7 +162,7 @@ def parse_args(memory, argv=None):
     args = parser.parse_args(argv)
     try:
         if args.resume:
-            resume_experiment(args, given_flags(memory, argv), flag_names(parser))
+            resume_experiment(args, memory, given_flags(memory, argv), flag_names(parser))
         check_paths(args)
     except InputError as error:
         parser.error(str(error))
@@ -190,17 +183,17 @@ def flag_names(parser):
             for action in parser._actions if action.option_strings}
 
 
-def resume_experiment(args, given, names):
+def resume_experiment(args, entry_point, given, names):
     """On ``--resume``: every flag the checkpoint recorded and not given is taken from it (those of ``LOCAL``
     excepted); a given flag that defines the experiment and differs is refused, all of them in one line."""
     from lib.checkpoint import load_state, resolve_resume  # torch: only when resuming
 
     args.resume = resolve_resume(args.resume, args.out, args.run_name)
     saved = load_state(args.resume)["args"]
-    if saved.get("memory", args.memory) != args.memory:
-        script = "train_SNCA_CE/main.py" if saved["memory"] == "mb" else "train_SNCA_CE_MC/main.py"
-        raise InputError(f"--resume {args.resume}: a run of {METHODS[saved['memory']].split(':')[0]}; resume it "
-                         f"with {script}")
+    trained = MEMORIES[saved.get("memory", entry_point)]
+    if trained.entry_point != entry_point:
+        script = "train_SNCA_CE/main.py" if trained.entry_point == "mb" else "train_SNCA_CE_MC/main.py"
+        raise InputError(f"--resume {args.resume}: a run of {trained.title.split(':')[0]}; resume it with {script}")
     differ = []
     for dest, value in saved.items():
         if dest not in names or dest in LOCAL:

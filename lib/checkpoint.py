@@ -1,15 +1,15 @@
 """Checkpoints: state dicts and plain values only, written atomically, loaded with ``weights_only=True``."""
 import glob
 import os
-import pickle
 
 import torch
 
-from lib.errors import InputError
+from errors import InputError, load_state  # noqa: F401 -- load_state: also read from here by callers
 from lib.utils import rng_state, set_rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
-MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands")
+MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands", "split")
+ASSUMED = {"split": "reference"}  # what a checkpoint saved before an argument existed was trained with
 
 
 def save_checkpoint(path, state):
@@ -49,35 +49,23 @@ def resolve_resume(resume, out, run_name=None):
     return resume
 
 
-def load_state(path, flag="--resume", map_location="cpu"):
-    """``torch.load(path, weights_only=True)``; any failure is one line naming ``flag`` and the file."""
-    if not os.path.isfile(path):
-        raise InputError(f"{flag} {path}: no such file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0]
-        if "Weights only load failed" in reason:
-            reason = "it holds pickled Python objects, which are never loaded (weights_only=True)"
-        raise InputError(f"{flag} {path}: not a loadable state dict ({reason})") from None
-
-
 def check_compatible(checkpoint, args, num_train, num_classes):
     """Refuse, in one line, a checkpoint whose configuration differs from this run's."""
-    saved = dict(checkpoint["args"], num_train=checkpoint["num_train"], num_classes=checkpoint["num_classes"])
-    ours = dict(vars(args), num_train=num_train, num_classes=num_classes)
+    saved = dict(ASSUMED | checkpoint["args"], num_train=checkpoint["num_train"], num_classes=checkpoint["num_classes"])
+    ours = dict(ASSUMED | vars(args), num_train=num_train, num_classes=num_classes)
     for key in (*MUST_MATCH, "num_train", "num_classes"):
         if saved.get(key) != ours.get(key):
             raise InputError(f"--resume: the checkpoint has {key}={saved.get(key)!r}, this run {key}={ours.get(key)!r}")
 
 
-def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_acc, args, num_train, num_classes,
-                   position=None, world_size=1, device=None):
+def training_state(model, memory, optimizer, scaler, epoch, best_acc, args, num_train, num_classes, position=None,
+                   world_size=1, device=None):
     """Everything a run needs to continue after ``epoch`` completed epochs (and, for a run stopped inside
     the next one, ``position`` = (steps done, loss sums, images seen)), as state dicts and plain values.
 
     The same for any number of ranks (``model`` is the bare network, not its DistributedDataParallel
-    wrapper; the memory is whole), so a run resumes on another number of GPUs; ``world_size`` is a record.
+    wrapper; the memory is whole), so a run resumes on another number of GPUs; ``world_size`` is a record. The
+    memory entry is the memory variant's whole state (MU: with its key encoder), None for a method without one.
     """
     step, totals, seen = position or (0, None, 0)
     rng = rng_state()
@@ -86,13 +74,12 @@ def training_state(model, memory, key_encoder, optimizer, scaler, epoch, best_ac
     return {"model": model.state_dict(), "memory": memory.state_dict() if memory is not None else None,
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
-            "key_encoder": key_encoder.state_dict() if key_encoder is not None else None,
             "epoch": epoch, "step": step, "loss_sums": None if totals is None else totals.cpu(), "seen": seen,
             "best_acc": best_acc, "args": vars(args), "num_train": num_train, "num_classes": num_classes,
             "rng": rng, "world_size": world_size}
 
 
-def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, scaler, device):
+def restore_training_state(checkpoint, model, memory, optimizer, scaler, device):
     """The inverse of ``training_state``: returns (completed epochs, best accuracy, position or None).
 
     The random generators are not set here: a run reseeds them every epoch, and one resumed inside an
@@ -100,9 +87,11 @@ def restore_training_state(checkpoint, model, memory, key_encoder, optimizer, sc
     """
     model.load_state_dict(checkpoint["model"])
     if memory is not None:
-        memory.load_state_dict(checkpoint["memory"])
-    if key_encoder is not None:
-        key_encoder.load_state_dict(checkpoint["key_encoder"])
+        try:
+            memory.load_state_dict(checkpoint["memory"])
+        except RuntimeError as error:  # e.g. an MU checkpoint of before the key encoder moved into the memory entry
+            reason = " ".join(str(error).split()[6:])[:300]  # after "Error(s) in loading state_dict for <class>:"
+            raise InputError(f"--resume: the checkpoint's memory does not fit this run's ({reason})") from None
     optimizer.load_state_dict(checkpoint["optimizer"])
     if checkpoint["scaler"]:
         scaler.load_state_dict(checkpoint["scaler"])

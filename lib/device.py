@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from lib.errors import InputError
+from errors import InputError
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -53,16 +53,16 @@ def check_compiler(device):
         raise InputError("--compile on CUDA needs the triton package (pip install triton), or train without --compile")
 
 
-def compile_network(model, key_encoder=None):
-    """``--compile``: the training forward and backward of ``model`` through ``torch.compile``, and the key
-    encoder's forward compiled in place (``nn.Module.compile`` keeps its state-dict keys).
+def compile_network(model, memory=None):
+    """``--compile``: the training forward and backward of ``model`` through ``torch.compile``, and the networks of
+    ``memory`` (MU's key encoder) compiled in place by its ``compile`` (``nn.Module.compile`` keeps state-dict keys).
 
-    What it returns is used for the training step alone: checkpoints, the key encoder's EMA (the same
-    parameters, in the same order) and the eager validation pass use the network itself. Shapes are static
+    What it returns is used for the training step alone: checkpoints, MU's EMA (the same parameters, in
+    the same order) and the eager validation pass use the network itself. Shapes are static
     (``dynamic=False``): the full batch and the epoch's last, smaller one compile once each, into the fastest
     kernels for their size. Compiled kernels round differently from eager ones (within float32 tolerance:
     ``tests/test_compile.py``), so a run and its resumption should both use the flag or both not.
     """
-    if key_encoder is not None:
-        key_encoder.encoder.compile(dynamic=False)
+    if memory is not None:
+        memory.compile(dynamic=False)
     return torch.compile(model, dynamic=False)

@@ -2,7 +2,7 @@
 
 Every rank holds the whole memory and applies the same update, so the memory stays bitwise identical
 everywhere: each rank trains on its contiguous shard of the global batch, the (index, embedding) writes
-of all ranks are gathered in rank order, and every rank calls ``memory.update`` with the full batch,
+of all ranks are gathered in rank order, and every rank calls ``memory.step`` with the full batch,
 exactly as one process would. Sharding the memory instead would turn the loss against all N rows into
 a collective at every step; the memory is small (NWPU-RESISC45: 22,005 x 128 float32 = 11 MB), so that
 is only worth it when the memory no longer fits one GPU. With one process every helper is the identity
@@ -17,8 +17,8 @@ from typing import NamedTuple
 import torch
 import torch.distributed as torch_dist
 
+from errors import InputError
 from lib.device import resolve_device
-from lib.errors import InputError
 from lib.knn import CHUNK_ELEMENTS, knn_predict
 
 INT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, by bytes
@@ -113,7 +113,7 @@ def all_gather_varlen(tensor, dist):
 def gather_memory_writes(indices, features, dist):
     """The (index, embedding) writes of the whole global batch, in rank order, on every rank.
 
-    Every rank then calls ``memory.update(all_indices, all_features, momentum)`` with the same tensors,
+    Every rank then calls ``memory.step(model, all_indices, all_features)`` with the same tensors,
     which is the single-process update of the global batch, so the memories stay bitwise identical.
     """
     return all_gather_varlen(indices.long(), dist), all_gather_varlen(features.detach(), dist)  # (B,), (B, D)
@@ -135,7 +135,7 @@ def memory_checksum(memory_tensor):
 
 def assert_same_on_all_ranks(tensor, dist, what):
     """Raise RuntimeError on every rank naming ``what`` unless all ranks hold the same bits (the whole tensor is
-    gathered: for the memory, pass ``memory_checksum(memory.memory)``)."""
+    gathered: for the memory, pass ``memory_checksum`` of each of its tensors)."""
     parts = gather_list(bits(tensor).flatten(), dist)
     differ = [rank for rank, part in enumerate(parts) if not torch.equal(part, parts[0])]
     if differ:

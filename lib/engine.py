@@ -1,210 +1,152 @@
-"""The training program shared by both entry points; they differ only by ``--memory`` (MB or MU).
+"""One training epoch and the validation kNN (Kang et al., TGRS 2020, Algorithm 1; docs/method.md sections 4-8).
 
-One process, or one rank of a ``torchrun`` launch (``lib.distributed``): every rank builds the same model,
-memory and batch order from the seed, trains on its part of each global batch and applies the whole batch's
-memory update; rank 0 alone writes the run folder and the checkpoints.
+One loop serves every method of ``lib.methods.METHODS`` and every memory of ``MEMORIES``: what differs is
+behind the method's entry and the memory's interface (``lib.memory``). Batches arrive as uint8 images on the
+device; augmentation and normalisation run there on the whole batch.
 """
-import os
-import sys
-import time
-
 import torch
+from tqdm import tqdm
 
-from datasets.augment import RGB
-from lib.args import divergence_hint
-from lib.checkpoint import (
-    check_compatible,
-    load_state,
-    resolve_resume,
-    restore_rng,
-    restore_training_state,
-    save_checkpoint,
-    training_state,
-)
-from lib.data import checked_splits, make_batches, resolve_data
-from lib.device import check_compiler, compile_network, resolve_precision
+from datasets.augment import eval_preprocess
 from lib.distributed import (
+    all_gather_varlen,
     any_rank,
-    assert_same_on_all_ranks,
-    barrier,
-    in_turn,
-    memory_checksum,
-    on_main,
-    run_on_ranks,
+    gather_memory_writes,
+    reduce_over_ranks,
+    sharded_knn_predict,
+    single_process,
 )
-from lib.errors import InputError, one_line
-from lib.interrupt import StopRequest, TrainingInterrupted, stopped
-from lib.memory import KeyEncoder, Memory
-from lib.parallel import data_parallel, sync_batch_norm, sync_buffers
-from lib.run import open_run_folder
-from lib.schedules import memory_momentum, step_lr
-from lib.train import WITH_CE, NonFiniteError, train_one_epoch, validate
-from lib.triplet_loss import sample_triplets
-from lib.utils import epoch_seed, seed_everything
-from models import EmbeddingNet, trunk_weights
+from lib.interrupt import TrainingInterrupted
+from lib.methods import METHODS
+from lib.parallel import BatchPart
 
-# TensorBoard tag -> metric; a metric a method does not have (no memory: no bank kNN) is not logged.
-SCALARS = {**{f"train/{k}": k for k in ("loss", "loss_snca", "loss_dcnn", "loss_triplet", "loss_ce", "lr",
-                                         "memory_momentum")},
-           **{f"val/{k}": k for k in ("knn_acc", "knn_acc_bank", "knn_acc_extracted")}}
+PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar (each waits for the device)
 
 
-def own_reference(args):
-    """The kNN reference that selects the best checkpoint: the bank for MB (docs/method.md section 5), else
-    the re-extracted training embeddings (MU, section 6; the baselines have no memory)."""
-    return "bank" if args.memory == "mb" and args.method in ("snca-ce", "snca") else "extracted"
+def train_one_epoch(model, memory, batches, optimizer, args, precision, draws=None, desc="", position=None,
+                    stop=False, dist=None):
+    """Train over ``batches`` once with ``args.method`` and ``memory`` (None for a method without one); returns
+    the mean of each loss term over the epoch's images.
+
+    ``precision`` holds the run's autocast context and gradient scaler (``lib.device``); the SNCA loss and the
+    memory stay float32 inside it. ``draws``: the epoch's random draws of the method (the triplets).
+    ``position`` = (steps done, loss sums, images seen) continues an interrupted epoch; when ``stop`` turns
+    true, the loop raises ``TrainingInterrupted`` with its position after the step it is in. Under torchrun
+    (``dist``) ``model`` is the DistributedDataParallel network, ``batches`` yields this rank's part of every
+    global batch, and each step is the one-process step of the global batch (``lib.parallel.BatchPart``).
+    """
+    autocast, scaler, memory_format = precision
+    method, dist = METHODS[args.method], dist or single_process(batches.device)
+    model.train()
+    first, totals, seen = position or (0, 0.0, 0)  # totals: (3,) sums of loss, loss_<term>, loss_ce, on the device
+    if not dist.is_main:  # a resumed epoch's sums so far are all ranks' together, carried by rank 0 alone
+        totals, seen = 0.0, 0
+    progress = tqdm(batches.iterate(first), desc=desc, total=len(batches), initial=first, leave=False,
+                    dynamic_ncols=True, disable=not dist.is_main)
+    for step, (images, labels, indices) in enumerate(progress, start=first):
+        part = BatchPart(len(labels), batches.global_size(step), dist)                # this rank's part of B
+        images = method.inputs(images, indices, batches, draws)                        # triplet: + its pairs
+        images = part.augment(images, method.copies, batches.pipeline).contiguous(
+            memory_format=memory_format)                                                # (B, C_in, S, S)
+        with autocast:
+            embeddings, logits = model(images)                                          # (B, D), (B, C)
+            writes = memory.writes(images, embeddings) if memory is not None else embeddings  # (B, D)
+            loss_ce = part.mean(method.ce, logits, labels)                              # L_CE
+        # the metric term against the memory as it is before this step (SNCA: docs/method.md section 4)
+        loss_metric = part.mean(method.metric, embeddings.float(), labels, indices, memory, args)
+        loss = method.total(args, loss_metric, loss_ce)                                 # lambda * L_SNCA + L_CE
+        check_finite(loss_metric, loss_ce, writes, where=f"{desc or 'training'}, step {step + 1}",
+                     term=method.term, dist=dist)
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(part.weight(loss)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if memory is not None:  # every rank steps with the whole global batch: the memories stay identical
+            memory.step(model, *gather_memory_writes(indices, writes, dist))           # the next batch sees it
+
+        totals = totals + torch.stack([loss, loss_metric, loss_ce.float()]).detach().double() * len(labels)
+        seen += len(labels)
+        if step % PROGRESS_EVERY == 0:
+            progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if any_rank(stop, dist):
+            progress.close()
+            raise TrainingInterrupted(step + 1, *epoch_sums(totals, seen, dist))
+    totals, seen = epoch_sums(totals, seen, dist)
+    loss, loss_metric, loss_ce = (totals / max(seen, 1)).tolist()
+    return {"loss": loss, f"loss_{method.term}": loss_metric, "loss_ce": loss_ce}
 
 
-def uses_memory(args):
-    return args.method in ("snca-ce", "snca")
-
-
-def main(args):
-    """Entry point: train with the flags of ``lib.args.parse_args``, and turn bad input into one line."""
-    try:
-        train(args)
-    except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
-        hint = divergence_hint(args) if isinstance(error, NonFiniteError) else ""
-        sys.exit(f"error: {one_line(error)}{hint}" if os.environ.get("RANK", "0") == "0" else 1)
-
-
-def check_world(args, dist):
-    """Refuse, before anything starts, what a torchrun launch cannot train as one process would."""
+def epoch_sums(totals, seen, dist):
+    """The loss sums (3,) and the number of images of all ranks together."""
     if dist.world_size == 1:
-        return
-    if args.batch_size < dist.world_size:
-        raise InputError(f"-b {args.batch_size} is the global batch: it needs at least one image for each of the "
-                         f"{dist.world_size} ranks")
-    if args.method == "d-cnn":
-        raise InputError("--method d-cnn compares the images of a batch pairwise, which under torchrun would span "
-                         "ranks: train it in one process")
+        return totals, seen
+    both = torch.cat([torch.zeros(3, dtype=torch.float64, device=dist.device) + totals,
+                      torch.tensor([float(seen)], dtype=torch.float64, device=dist.device)])  # (4,)
+    both = reduce_over_ranks(both, dist)
+    return both[:3], int(both[3])
 
 
-def train(args):
-    """The whole run in this process: alone, or as one rank of a torchrun launch."""
-    return run_on_ranks(train_ranks, args)
+class NonFiniteError(FloatingPointError):
+    """A loss term or an embedding to be written into the memory is NaN or infinite."""
 
 
-def train_ranks(args, dist):
-    # ---------------- set-up: device, seeds (the same on every rank), resumed state ----------------
-    device = dist.device
-    precision = resolve_precision(device, args.amp)
-    seed_everything(args.seed)
-    check_world(args, dist)
-    if args.compile:
-        check_compiler(device)
-    if args.resume:
-        args.resume = on_main(dist, resolve_resume, args.resume, args.out, args.run_name)
-    checkpoint = load_state(args.resume) if args.resume else None  # every rank reads it
+def check_finite(loss_metric, loss_ce, writes, where, term="snca", dist=None):
+    """Stop before the optimizer step and the memory update if anything is not finite (on any rank: all stop).
 
-    # ---------------- data: the reference split of the folder dataset, decoded once ----------------
-    root = in_turn(dist, resolve_data, args)
-    splits, report = checked_splits(root, args, dist)
-    num_train, num_classes = len(splits["train"]), len(splits["classes"])
-    if num_classes < 2:
-        raise InputError(f"{root} has {num_classes} class: SNCA-CE needs at least 2")
-    if checkpoint is not None:
-        check_compatible(checkpoint, args, num_train, num_classes)
-    # The trunk weights before decoding (a missing download fails early); rank 0 fetches them first.
-    weights = None if checkpoint else in_turn(dist, trunk_weights, args.model, args.pretrained, args.weights)
-    train_batches, val_batches, train_eval_batches, generator = make_batches(
-        splits, args, dist, report, checkpoint.get("band_stats") if checkpoint else None)
-    pipeline = train_batches.pipeline or RGB  # N-band images (--bands): their own pipeline and first layer
+    One device sync per step (as a float16 gradient scaler makes anyway): a NaN must never reach
+    the weights or a memory row.
+    """
+    bad = ~torch.stack([loss_metric.detach().isfinite(), loss_ce.detach().isfinite(),
+                        writes.detach().isfinite().all()])                                   # (3,)
+    bad = reduce_over_ranks(bad.int(), dist, "max") if dist is not None else bad
+    if any(bad.tolist()):
+        names = [name for name, no in zip((f"loss_{term}", "loss_ce", "embeddings"), bad.tolist()) if no]
+        raise NonFiniteError(f"non-finite {', '.join(names)} at {where}: stopped before the optimizer step and "
+                             "the memory update; the last checkpoint is the last good state")
 
-    # ---------------- model, memory, key encoder, optimiser; DDP around the network ----------------
-    net = EmbeddingNet(args.model, args.dim, num_classes, weights, pipeline.channels, pipeline.rgb).to(
-        device, memory_format=precision.memory_format)
-    memory = Memory(train_batches.labels, args.dim, getattr(torch, args.memory_dtype)).to(device) \
-        if uses_memory(args) else None
-    key_encoder = KeyEncoder(net, dist, args.key_bn) if args.memory == "mu" else None
-    if args.sync_bn:
-        net = sync_batch_norm(net, dist)
-    if not WITH_CE[args.method]:  # FC2 gets no gradient without L_CE: frozen, DDP does not wait for one
-        net.fc2.requires_grad_(False)
-    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
-                                weight_decay=args.weight_decay)
-    start_epoch, best_acc, position = 0, -1.0, None
-    if checkpoint is not None:
-        start_epoch, best_acc, position = restore_training_state(checkpoint, net, memory, key_encoder, optimizer,
-                                                                  precision.scaler, device)
-    model = data_parallel(net, dist)  # the net itself in one process
-    if args.compile:
-        model = compile_network(model, key_encoder)
 
-    # ---------------- run folder (rank 0 writes) ----------------
-    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, checkpoint, device_used=str(device),
-                                  world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
-                                  torch_version=torch.__version__, augmentation=", ".join(pipeline.ops))
-    if dist.is_main:
-        if pipeline.stats:
-            log.write_json("band_stats.json", pipeline.stats)
-        print(f"run folder {folder}: {num_classes} classes, {num_train} / {len(splits['val'])} / "
-              f"{len(splits['test'])} train / val / test images, {device}"
-              + (f", {dist.world_size} ranks" if dist.world_size > 1 else "")
-              + f"; {pipeline.channels} bands; augmentation: {', '.join(pipeline.ops)}")
+@torch.inference_mode()
+def extract_embeddings(model, batches, precision, dist=None):
+    """Float32 embeddings (N, D) and labels (N,) of the batches' images, in order, on the device.
 
-    def state(epoch, position=None):
-        return {**training_state(net, memory, key_encoder, optimizer, precision.scaler, epoch, best_acc, args,
-                                 num_train, num_classes, position, dist.world_size, device),
-                "band_stats": pipeline.stats}
+    Under torchrun each rank embeds its part of every batch; the parts are gathered and put back in order.
+    """
+    autocast, _, memory_format = precision
+    model.eval()
+    preprocess = getattr(batches, "pipeline", None)  # N-band images' pipeline, or None: the reference RGB
+    preprocess = preprocess.eval if preprocess is not None else eval_preprocess
+    embeddings, labels, indices = [], [], []
+    for images, target, index in batches:
+        with autocast:
+            embeddings.append(model(preprocess(images).contiguous(memory_format=memory_format))[0].float())
+        labels.append(target)
+        indices.append(index)
+    embeddings, labels = torch.cat(embeddings), torch.cat(labels)                   # (n, D), (n,)
+    if dist is None or dist.world_size == 1:
+        return embeddings, labels
+    order = all_gather_varlen(torch.cat(indices), dist).argsort()                   # (N,)
+    return all_gather_varlen(embeddings, dist)[order], all_gather_varlen(labels, dist)[order]
 
-    # ---------------- epochs: train, validate, log, checkpoint ----------------
-    last = os.path.join(folder, "checkpoints", "last.pt")
-    with StopRequest(dist) as stop:
-        for epoch in range(start_epoch, args.epochs):
-            start = time.time()
-            seed_everything(epoch_seed(args.seed, epoch))
-            generator.manual_seed(epoch_seed(args.seed, epoch))
-            if position is not None:  # resumed inside this epoch: its random draws continue where they were
-                restore_rng(checkpoint, device)
-            lr = step_lr(epoch, args.lr, args.lr_step, args.lr_gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            momentum = memory_momentum(epoch, args.memory_momentum) if args.memory == "mb" and memory else 0.0
-            triplets = sample_triplets(train_batches.labels, torch.Generator().manual_seed(
-                epoch_seed(args.seed, epoch))) if args.method == "triplet" else None
-            try:
-                losses = train_one_epoch(model, memory, key_encoder, train_batches, optimizer, args, momentum,
-                                         precision, desc=f"epoch {epoch + 1}/{args.epochs}", position=position,
-                                         stop=stop, triplets=triplets, dist=dist)
-            except TrainingInterrupted as where:
-                if dist.is_main:
-                    save_checkpoint(last, state(epoch, (where.step, where.totals, where.seen)))
-                barrier(dist)
-                stopped(log, stop, f"epoch {epoch + 1}, step {where.step} of {len(train_batches)}", dist)
-            position = None
-            sync_buffers(net, dist)  # every rank evaluates, and rank 0 saves, rank 0's BatchNorm statistics
-            if memory is not None and dist.world_size > 1:
-                assert_same_on_all_ranks(memory_checksum(memory.memory), dist, "the memory")
-            accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist)
-            knn_acc = accuracy[own_reference(args)]
-            is_best = knn_acc > best_acc
-            best_acc = max(best_acc, knn_acc)
-            if dist.is_main:
-                metrics = {"epoch": epoch + 1, **losses, "lr": lr, "knn_acc": knn_acc,
-                           "memory_momentum": momentum if args.memory == "mb" and memory is not None else None,
-                           "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
-                           "best_knn_acc": best_acc, "time_s": time.time() - start}
-                log.log_epoch(metrics, SCALARS)
-                saved = state(epoch + 1)
-                save_checkpoint(last, saved)
-                if is_best:
-                    save_checkpoint(os.path.join(log.checkpoints, "best.pt"), saved)
-                terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses.items() if k != "loss")
-                references = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if v is not None)
-                print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} ({terms})  lr {lr:g}  "
-                      f"val kNN@{args.knn_k} {100 * knn_acc:.2f}% [{references}]  "
-                      f"{metrics['time_s']:.1f}s{'  *best' if is_best else ''}", flush=True)
-            barrier(dist)
-            if any_rank(stop, dist) and epoch + 1 < args.epochs:
-                stopped(log, stop, f"the end of epoch {epoch + 1}", dist)
-    if start_epoch >= args.epochs:  # nothing left to train: report the current model
-        accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist)
-        if dist.is_main:
-            print(f"nothing to train after epoch {start_epoch}: val kNN@{args.knn_k} "
-                  f"{100 * accuracy[own_reference(args)]:.2f}%")
-    if dist.is_main:
-        log.close()
-        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}" if best_acc >= 0 else
-              f"done: no epoch trained (--epochs {args.epochs}); run folder {folder}")
-    return folder
+
+def knn_accuracy(queries, query_labels, references, reference_labels, k, dist=None):
+    """Under torchrun each rank predicts its share of the queries; all get every prediction."""
+    dist = dist or single_process(queries.device)
+    predicted = sharded_knn_predict(queries, references.float(), reference_labels, k, dist)
+    return (predicted == query_labels).double().mean().item()
+
+
+def validate(model, memory, val_batches, train_batches, k, precision, dist=None):
+    """Validation kNN accuracy with two references for the training set.
+
+    ``bank``: the memory's rows (``reference_rows``: MB's and MU's; None for a memory without, or none);
+    ``extracted``: training embeddings re-extracted with the current network and the eval preprocessing.
+    Under torchrun the ranks share the work and all return the one-process accuracies.
+    """
+    queries, query_labels = extract_embeddings(model, val_batches, precision, dist)
+    references, reference_labels = extract_embeddings(model, train_batches, precision, dist)
+    rows = memory.reference_rows() if memory is not None else None
+    return {
+        "bank": knn_accuracy(queries, query_labels, *rows, k, dist) if rows is not None else None,
+        "extracted": knn_accuracy(queries, query_labels, references, reference_labels, k, dist),
+    }

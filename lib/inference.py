@@ -7,9 +7,8 @@ import torch
 
 from datasets import TensorBatches
 from datasets.presets import dataset_root
-from lib.checkpoint import load_state
-from lib.errors import InputError
-from lib.train import extract_embeddings
+from errors import InputError, load_state
+from lib.engine import extract_embeddings
 from models import EmbeddingNet
 
 

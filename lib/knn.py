@@ -6,8 +6,11 @@ POOL_SLACK = 16  # candidates kept beyond k from the fast ranking, re-ranked by 
 REDUCED_PRECISION_UNIT = {"high": 2.0**-11, "medium": 2.0**-8}  # TF32 / bfloat16 matmul unit roundoff
 
 
-def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUNK_ELEMENTS):
+def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUNK_ELEMENTS, exclude_self=False):
     """Predictions of scikit-learn's ``KNeighborsClassifier(n_neighbors=k, weights="distance")``.
+
+    ``exclude_self``: the queries are the references (same rows, same order) and each one's own row is left
+    out of its neighbours (leave-one-out, as within the unseen classes' test images).
 
     Euclidean distance; each of the k nearest references votes with weight 1 / distance, and a query
     at distance 0 from some references takes only those (scikit-learn's rule). References at equal
@@ -24,22 +27,27 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
     references = references.to(queries.dtype)
     reference_labels = reference_labels.to(queries.device)
     num_classes = int(reference_labels.max()) + 1
-    k = min(k, len(references))
-    pool = min(len(references), k + POOL_SLACK)
+    others = len(references) - int(exclude_self)  # references each query may take
+    k = min(k, others)
+    pool = min(others, k + POOL_SLACK)
     ref_sq = (references * references).sum(dim=1)                                   # (N,)
     error = _product_error(queries, references)                                    # (Q,)
     step = max(1, chunk_elements // max(len(references), pool * references.shape[1]))
     predictions = []
-    for query, query_error in zip(queries.split(step), error.split(step)):
+    for start, query, query_error in zip(range(0, len(queries), step), queries.split(step), error.split(step)):
         partial = torch.addmm(ref_sq, query, references.T, alpha=-2)                # (q, N) ~ |q - r|^2 - |q|^2
+        rows = torch.arange(len(query), device=query.device)                         # (q,)
+        if exclude_self:  # a query's own row sorts last and stays out of its pool (pool <= N - 1)
+            partial[rows, start + rows] = float("inf")
         proposed, candidates = partial.topk(pool, dim=1, largest=False)             # (q, P)
         d2, nearest = _exact_nearest(query, references, candidates, k)             # (q, k), (q, k)
         # Every reference outside the pool has |q - r|^2 >= proposed[:, -1] + |q|^2 - error.
         outside = proposed[:, -1].double() + query.double().square().sum(1) - query_error  # (q,)
-        unsure = (outside <= d2[:, -1]).nonzero().flatten().tolist() if pool < len(references) else []
-        everyone = torch.arange(len(references), device=query.device)[None]          # (1, N)
+        unsure = (outside <= d2[:, -1]).nonzero().flatten().tolist() if pool < others else []
         for i in unsure:
-            exact_d2, exact_nearest = _exact_nearest(query[i:i + 1], references, everyone, k)  # (1, k), (1, k)
+            everyone = torch.arange(len(references), device=query.device)            # (N,)
+            everyone = everyone[everyone != start + i] if exclude_self else everyone  # (N or N - 1,)
+            exact_d2, exact_nearest = _exact_nearest(query[i:i + 1], references, everyone[None], k)  # (1, k), (1, k)
             d2[i], nearest[i] = exact_d2[0], exact_nearest[0]
         predictions.append(_vote(d2.sqrt(), reference_labels[nearest], num_classes))
     return torch.cat(predictions)                                                  # (Q,)

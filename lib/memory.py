@@ -1,87 +1,75 @@
-"""The memory of SNCA: one embedding per training image (docs/method.md sections 5 and 6).
+"""What the training loop, validation, checkpoints, ``--compile`` and torchrun know of a memory: one small
+interface, which each variant implements in its own file (``memory_bank.py`` MB, ``momentum_update.py`` MU,
+``cross_batch_memory.py`` XBM) and ``lib.methods.MEMORIES`` lists.
 
-MB keeps a momentum average of the network's own embeddings; MU writes the embeddings of a
-momentum-updated copy of the network, the key encoder (He et al., MoCo, CVPR 2020). Both are
-buffers with explicit no-grad updates, called by the training loop after ``backward()``.
+A variant owns its whole state as buffers and submodules (MU: its key encoder), so its ``state_dict`` is the
+checkpoint's memory entry. Per step the loop calls ``loss`` (against the memory as it is before the step),
+``writes`` (what the batch will write), and, after the optimizer step, ``step`` with the whole global batch's
+writes, so that every rank's memory stays identical (``lib.distributed``).
 """
-import copy
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lib.chunked_snca_loss import chunked_snca_loss
-from lib.parallel import shuffled_forward, sync_batch_norm
-from lib.snca_loss import snca_loss
-
-PLAIN_MAX_ELEMENTS = 2**24  # B x N logits up to 64 MB in float32 take the plain form; beyond, the chunked one
+from lib.options import MEMORIES as OPTIONS
 
 
-class Memory(nn.Module):
-    """N x D memory, uniform in [-sqrt(3/D), sqrt(3/D)] at the start, with the label of every row.
+class MemoryVariant(nn.Module):
+    """The interface, with the defaults of a memory that has no schedule, no kNN reference and no network."""
 
-    Stored in ``dtype`` (float16 / bfloat16 halve it for very large N); always read as float32.
-    """
+    name = ""            # the --memory value; its title, entry point and flags are lib.options.MEMORIES[name]'s
+    title = ""           # one line for --help
+    entry_point = "mb"   # the entry point whose --memory offers it (lib.options.offered)
+    reference = "extracted"  # the kNN reference that picks best.pt: 'bank' (reference_rows) or 'extracted'
+    momentum = None      # the memory momentum of the current epoch, logged as memory_momentum (None: it has none)
+    options = {}         # constructor keyword -> the flag (args attribute) that sets it, for ``build``
 
-    def __init__(self, labels, dim, dtype=torch.float32):
-        super().__init__()
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        bound = math.sqrt(3.0 / dim)
-        self.register_buffer("memory", (torch.rand(len(labels), dim) * 2 * bound - bound).to(dtype))  # (N, D)
-        self.register_buffer("labels", labels)                                                     # (N,)
+    @classmethod
+    def add_arguments(cls, group):
+        """The variant's own flags, in its ``--help`` group."""
 
-    def forward(self, features, indices, temperature, margin=0.0):
-        """L_SNCA of the batch against the memory as it is before the batch's update.
+    def __init_subclass__(cls, **kwargs):
+        """A variant takes its title, entry point and flags from ``lib.options``, where the command line reads them
+        without torch."""
+        super().__init_subclass__(**kwargs)
+        if cls.name in OPTIONS:
+            declared = OPTIONS[cls.name]
+            cls.title, cls.entry_point = declared.title, declared.entry_point
+            cls.add_arguments = staticmethod(declared.add_arguments)
 
-        The plain B x N form (``snca_loss``) when it is small, the chunked form with the same value
-        and gradient beyond. Float32 throughout, also under autocast: exp(1/0.05) overflows float16.
-        """
-        with torch.autocast(features.device.type, enabled=False):
-            if len(features) * len(self.memory) <= PLAIN_MAX_ELEMENTS:
-                logits = features.float() @ self.memory.float().T / temperature                    # (B, N)
-                return snca_loss(logits, indices, self.labels, margin)
-            return chunked_snca_loss(features, self.memory, indices, self.labels, temperature, margin)
+    @classmethod
+    def build(cls, args, labels, net, dist):
+        """The variant for a run: ``labels`` (N,) of the training images, ``net`` the network before DDP."""
+        return cls(labels, **cls.snca_options(args), **{key: getattr(args, flag) for key, flag in cls.options.items()})
 
-    @torch.no_grad()
-    def update(self, indices, features, momentum):
-        """m_i <- normalise(momentum * m_i + (1 - momentum) * f_i) for the batch's rows.
+    @staticmethod
+    def snca_options(args):
+        """The flags every memory of the SNCA loss takes: D, its storage type, the temperature and the margin."""
+        return {"dim": args.dim, "dtype": getattr(torch, args.memory_dtype), "temperature": args.temperature,
+                "margin": args.margin}
 
-        MB uses momentum 0.5 / 0.8 / 0.9 (``memory_momentum``); MU passes 0, which replaces the rows
-        by the (already unit) key embeddings.
-        """
-        rows = self.memory[indices].float() * momentum + features.detach().float() * (1.0 - momentum)  # (B, D)
-        self.memory[indices] = F.normalize(rows, dim=1).to(self.memory.dtype)
+    def set_epoch(self, epoch):
+        """Apply the schedules of ``epoch`` (0-based) before its first step."""
 
+    def loss(self, features, indices, labels):
+        """L_SNCA (float32 scalar) of unit embeddings (B, D) of dataset ``indices`` (B,) and ``labels`` (B,)."""
+        raise NotImplementedError
 
-class KeyEncoder(nn.Module):
-    """A frozen copy of the network moved towards it by an exponential moving average (MU).
-
-    Its forward runs without gradient with BatchNorm in training mode, so that its running
-    statistics come from its own passes, as in the reference. On one device the reference's
-    shuffle-BN (shuffle the batch, encode, un-shuffle) gives the same output, so it is not done.
-    Under torchrun (``dist`` of several ranks) ``key_bn`` picks the BatchNorm batch: 'sync', the whole
-    global batch, as one process (``lib.parallel.sync_batch_norm``); 'shuffle', MoCo's shuffle-BN
-    across ranks (``lib.parallel.shuffled_forward``).
-    """
-
-    def __init__(self, model, dist=None, key_bn="sync"):
-        super().__init__()
-        self.encoder = copy.deepcopy(model)
-        if dist is not None and key_bn == "sync":
-            self.encoder = sync_batch_norm(self.encoder, dist)
-        self.encoder.requires_grad_(False)
-        self.shuffle_over = dist if dist is not None and dist.world_size > 1 and key_bn == "shuffle" else None
+    def writes(self, images, embeddings):
+        """(B, D) what this batch writes into the memory: by default the network's own embeddings."""
+        return embeddings
 
     @torch.no_grad()
-    def forward(self, images):
-        self.encoder.train()
-        if self.shuffle_over is not None:
-            return shuffled_forward(self.encoder, images, self.shuffle_over)
-        return self.encoder(images)
+    def step(self, model, indices, writes):
+        """After the optimizer step: the updates of the global batch's ``indices`` (B,) and ``writes`` (B, D)."""
+        raise NotImplementedError
 
-    @torch.no_grad()
-    def update(self, model, momentum):
-        """theta_k <- momentum * theta_k + (1 - momentum) * theta_q over parameters, not BN statistics."""
-        for key, query in zip(self.encoder.parameters(), model.parameters()):
-            key.mul_(momentum).add_(query.detach(), alpha=1.0 - momentum)
+    def reference_rows(self):
+        """(embeddings (N, D), labels (N,)) of the training images for the 'bank' kNN, or None."""
+        return None
+
+    def replicated(self):
+        """The tensors that every rank of a torchrun launch holds bit for bit alike (checked every epoch)."""
+        return tuple(self.buffers())
+
+    def compile(self, **kwargs):
+        """``--compile``: compile in place the networks the step runs (none by default; the loss stays eager)."""

@@ -1,14 +1,18 @@
-"""The network across the ranks of a ``torchrun`` launch: DistributedDataParallel, BatchNorm over the
-global batch (``--sync-bn``, ``--key-bn sync``; a Gloo version on CPUs, where PyTorch's SyncBatchNorm
-refuses CPU tensors) and MoCo's shuffle-BN for the key encoder (``--key-bn shuffle``). With one process
-each function returns the network or its output unchanged.
+"""The network and its training step across the ranks of a ``torchrun`` launch: DistributedDataParallel, each
+rank's part of a batch (``BatchPart``: the one-process augmentation draws, empty parts, the gradient weight),
+BatchNorm over the global batch (``--sync-bn``, ``--key-bn sync``; a Gloo version on CPUs, where PyTorch's
+SyncBatchNorm refuses CPU tensors) and MoCo's shuffle-BN for the key encoder (``--key-bn shuffle``). With one
+process each function returns the network or its output unchanged.
 """
+from typing import NamedTuple
+
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lib.distributed import all_gather_varlen, shard_batch
+from datasets.augment import draw_params, train_augment
+from lib.distributed import Dist, all_gather_varlen, shard_batch
 
 
 def data_parallel(model, dist):
@@ -17,6 +21,39 @@ def data_parallel(model, dist):
     if dist.world_size == 1:
         return model
     return DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+
+
+class BatchPart(NamedTuple):
+    """This rank's part (``size`` images, possibly none) of a global batch of ``global_size`` (``shard_batch``), and
+    what makes its step the one-process step of the whole batch: the same augmentation draws, an empty part's
+    zero loss that still reaches every parameter, and the weight that turns DDP's average into the global mean."""
+
+    size: int
+    global_size: int
+    dist: Dist
+
+    def augment(self, images, copies=1, pipeline=None):
+        """``train_augment`` of this rank's images with the draws of one process for the whole global batch
+        (``copies`` times: the triplet's anchors, positives and negatives), of which the rank applies its rows.
+        ``pipeline``: N-band images' (``datasets.augment.BandPipeline``); None, the reference RGB one."""
+        train, draw = (pipeline.train, pipeline.draw) if pipeline is not None else (train_augment, draw_params)
+        if self.dist.world_size == 1:
+            return train(images)
+        rows = shard_batch(torch.arange(self.global_size, device=images.device), self.dist.rank,
+                           self.dist.world_size)                                          # (b,)
+        rows = torch.cat([rows + copy * self.global_size for copy in range(copies)])     # (copies * b,)
+        params = draw(copies * self.global_size, images.device)
+        return train(images, params={name: value[rows] for name, value in params.items()})
+
+    def mean(self, loss, tensor, *rest):
+        """``loss(tensor, *rest)``, the mean over this part; for an empty part 0, through which every parameter
+        still gets a (zero) gradient, so that the rank joins DDP's all-reduce."""
+        return loss(tensor, *rest) if self.size else tensor.sum()
+
+    def weight(self, loss):
+        """DDP averages the ranks' gradients: weighting each rank's mean by its share of the global batch (1 in
+        one process) makes that the gradient of the global batch's mean, however unequal the parts."""
+        return loss * (self.size * self.dist.world_size / self.global_size)
 
 
 def sync_buffers(module, dist):

@@ -21,9 +21,9 @@ import time
 from torch.utils.tensorboard import SummaryWriter
 
 from datasets.folder import SPLIT_NAMES
+from errors import InputError
 from lib import plots
 from lib.distributed import on_main
-from lib.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNRECORDED = ("resume", "out", "run_name")  # where the run was found, not how it runs: history omits them

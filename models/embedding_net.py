@@ -12,8 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from lib.checkpoint import load_state
-from lib.errors import InputError
+from errors import InputError, load_state
 from models import ARCHS
 
 

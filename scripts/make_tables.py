@@ -12,8 +12,10 @@ A seed present twice in a group is counted once, with a warning naming both fold
 finish or that has no ``eval/<split>/results.json`` (``scripts/evaluate.py``) is listed as skipped, not counted.
 Written to --out:
 
-- ``tables.md``: one Markdown table per metric family (kNN, retrieval mAP, retrieval P@k, clustering, validation),
-  cells ``mean ± std`` in percent (ANMRR x 100 too), ``n`` and ``seeds`` columns per dataset; the skipped runs.
+- ``tables.md``: one Markdown table per metric family (kNN, retrieval mAP, retrieval P@k, clustering, Recall@K and
+  MAP@R, rotation robustness when evaluated, validation), cells ``mean ± std`` in percent (ANMRR x 100 too), ``n``
+  and ``seeds`` columns per dataset; the skipped runs. Runs trained with ``--split unseen`` form their own dataset
+  column, "<dataset> (unseen classes)".
 - ``tables.csv``: long format ``method, dataset, metric, mean, std, n, seeds``, values as recorded (fractions).
 - ``learning_curves.png``: validation kNN@10 per epoch, mean over seeds with a min..max band (the paper's Fig. 4).
 - ``pr_curves.png``: interpolated precision against recall, mean over seeds.
@@ -36,9 +38,13 @@ from lib.flags import ArgumentParser  # noqa: E402
 
 NAMES = {"snca-ce": "SNCA-CE", "snca": "SNCA", "d-cnn": "D-CNN", "triplet": "Triplet"}  # also the row order
 MEMORY_NAMED = {"snca-ce", "snca"}  # the methods trained with either memory; the baselines use the bank only
-# Recorded values that are not settings: the row and column of a run, its seed, and facts of where it ran.
-NOT_SETTINGS = {*MAY_CHANGE, "method", "memory", "dataset", "seed", "git_commit", "command", "device_used",
-                "world_size", "torch_version", "num_train", "num_classes"}
+# Recorded values that are not settings: the row and column of a run (--split: the column), its seed, and facts of
+# where it ran.
+NOT_SETTINGS = {*MAY_CHANGE, "method", "memory", "dataset", "split", "seed", "git_commit", "command", "device_used",
+                "world_size", "torch_version", "num_train", "num_classes", "augmentation"}
+# The names of lib.robustness.D4, in its order (this script reads JSON only and imports nothing of the repository).
+TRANSFORMS = ("identity", "rot90", "rot180", "rot270", "flip", "flip-rot90", "flip-rot180", "flip-rot270")
+UNSEEN = " (unseen classes)"  # a --split unseen run's dataset column: its test split holds other classes
 KNN = [(f"knn.{k}.{kind}", f"kNN@{k} {short}") for k in (1, 5, 10) for kind, short in (("overall", "OA"),
                                                                                      ("average", "AA"))]
 TABLES = [  # (title, [(metric: path into results.json, column label)])
@@ -50,6 +56,12 @@ TABLES = [  # (title, [(metric: path into results.json, column label)])
      [(f"retrieval.precision@{k}", f"P@{k}") for k in (1, 5, 10, 20, 50, 100)]),
     ("Clustering of the test embeddings (K-means accuracy, NMI, %)",
      [("clustering.kmeans_accuracy", "K-means acc."), ("clustering.nmi", "NMI")]),
+    ("Metric learning: Recall@K, MAP@R and R-precision (Musgrave et al., ECCV 2020; %)",
+     [(f"retrieval.recall@{k}", f"R@{k}") for k in (1, 2, 4, 8)]
+     + [("retrieval.map@r", "MAP@R"), ("retrieval.r_precision", "R-prec.")]),
+    *[(f"Rotation robustness: {label} of the queries under each symmetry of the square against the unrotated "
+       "database (evaluate.py --rotations; %)", [(f"rotations.{t}.{metric}", t) for t in TRANSFORMS]
+       + [(f"rotations.worst.{metric}", "worst")]) for metric, label in (("map", "mAP"), ("knn_oa", "kNN@10 OA"))],
 ]
 VALIDATION = ("Validation kNN@10 during training, best and last epoch (%)",
               [("val.knn_acc.best", "val best"), ("val.knn_acc.last", "val last")])
@@ -122,7 +134,10 @@ def load_run(folder, split):
     settings = {k: json.dumps(v) if isinstance(v, (list, dict)) else v  # hashable
                 for k, v in args.items() if k not in NOT_SETTINGS}
     settings = tuple(sorted({**settings, "epochs": trained}.items()))
-    run.update(row=(args.get("method", "snca-ce"), args.get("memory"), settings), dataset=args.get("dataset"),
+    dataset = args.get("dataset")
+    if args.get("split") == "unseen":
+        dataset = f"{dataset}{UNSEEN}"
+    run.update(row=(args.get("method", "snca-ce"), args.get("memory"), settings), dataset=dataset,
                seed=args.get("seed"))
     if trained < args.get("epochs", trained) or not trained:
         run["skipped"] = f"training unfinished ({trained} of {args.get('epochs')} epochs)"
@@ -137,11 +152,11 @@ def load_run(folder, split):
         results = json.load(f)
     for _, metrics in TABLES:
         for metric, _ in metrics:
-            family, *keys = metric.split(".")
-            value = results[family]
-            for key in keys:
-                value = value[key]
-            run["values"][metric] = value
+            value = results
+            for key in metric.split("."):  # older results lack the newer metrics, and --rotations is optional
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                run["values"][metric] = value
     run["pr"] = (results["pr_curve"]["recall"], results["pr_curve"]["precision"])
     return run
 
@@ -268,7 +283,8 @@ def main():
 
     with open(os.path.join(out, "tables.md"), "w") as f:
         f.write(f"# Results of {len(runs)} runs ({args.split} split): mean ± sample std over the n seeds\n\n")
-        f.write("\n".join(markdown_table(*table, summary, rows, datasets) for table in TABLES + [VALIDATION]))
+        f.write("\n".join(markdown_table(*table, summary, rows, datasets) for table in TABLES + [VALIDATION]
+                          if any(metric in s for s in summary.values() for metric, _ in table[1])))
         if skipped:
             f.write(f"\n## Skipped runs ({len(skipped)}), not counted\n\n"
                     + "".join(f"- `{run['folder']}`: {run['skipped']}\n" for run in skipped))

@@ -15,10 +15,11 @@
 #
 # Run folders: $OUT/<dataset>-<method>-<mb|mu>-seed<k>, e.g. runs/paper/NWPU-RESISC45-snca-ce-mu-seed0, the same name
 # in every script, so the scripts share their runs: a run whose eval/test/results.json exists is skipped, and a run
-# with a checkpoint but no results is resumed, then evaluated.
+# with a checkpoint but no results is resumed, then evaluated. A run of the unseen-class split (--split unseen) is
+# $OUT/<dataset>-unseen-<method>-<mb|mu>-seed<k>.
 #
-# A script lists its runs with `plan ENTRY METHOD DATASET` (ENTRY: train_SNCA_CE, the memory bank, or
-# train_SNCA_CE_MC, the momentum update), once per row, and then calls `run_plan`: it prints the number of runs
+# A script lists its runs with `plan ENTRY METHOD DATASET [SPLIT]` (ENTRY: train_SNCA_CE, the memory bank, or
+# train_SNCA_CE_MC, the momentum update; SPLIT: reference, the default, or unseen), once per row, and then calls `run_plan`: it prints the number of runs
 # and an estimate of their GPU hours, then trains and evaluates every run for every seed.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${DATA:?set DATA to the folder that holds AID/ and NWPU-RESISC45/}"
@@ -38,17 +39,18 @@ run() {
   if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
 }
 
-run_name() {  # run_name ENTRY METHOD DATASET SEED
-  local memory=mb
+run_name() {  # run_name ENTRY METHOD DATASET SEED [SPLIT]: a --split other than reference follows the dataset
+  local memory=mb dataset=$3
   if [ "$1" = train_SNCA_CE_MC ]; then memory=mu; fi
-  echo "$3-$2-$memory-seed$4"
+  if [ "${5:-reference}" != reference ]; then dataset="$3-$5"; fi
+  echo "$dataset-$2-$memory-seed$4"
 }
 
-# train_and_eval ENTRY METHOD DATASET SEED
+# train_and_eval ENTRY METHOD DATASET SEED [SPLIT]
 train_and_eval() {
-  local entry=$1 method=$2 dataset=$3 seed=$4
+  local entry=$1 method=$2 dataset=$3 seed=$4 split=${5:-reference}
   local name folder
-  name=$(run_name "$entry" "$method" "$dataset" "$seed")
+  name=$(run_name "$entry" "$method" "$dataset" "$seed" "$split")
   folder="$OUT/$name"
   if [ -f "$folder/eval/test/results.json" ]; then
     echo "= $name: done ($folder/eval/test/results.json)"
@@ -56,6 +58,7 @@ train_and_eval() {
   fi
   local train=(python3 "$entry/main.py" --data "$DATA" --method "$method" --dataset "$dataset" --seed "$seed"
                --epochs "$EPOCHS" --amp "$AMP" --out "$OUT" --run-name "$name")
+  if [ "$split" != reference ]; then train+=(--split "$split"); fi
   if [ -f "$folder/checkpoints/last.pt" ]; then train+=(--resume "$folder"); fi
   run "${train[@]}" "${EXTRA[@]}"
   run python3 scripts/evaluate.py "$folder" "${EXTRA[@]}"
@@ -84,17 +87,17 @@ run_seconds() {  # run_seconds ENTRY METHOD DATASET
 }
 
 PLAN=()
-plan() {  # plan ENTRY METHOD DATASET: one run per seed
-  PLAN+=("$1 $2 $3")
+plan() {  # plan ENTRY METHOD DATASET [SPLIT]: one run per seed; SPLIT is the entry points' --split (reference)
+  PLAN+=("$1 $2 $3 ${4:-reference}")
 }
 
 run_plan() {
-  local row entry method dataset seed total=0 todo=0 seconds=0
+  local row entry method dataset split seed total=0 todo=0 seconds=0
   for seed in $(seq 0 $((SEEDS - 1))); do
     for row in "${PLAN[@]}"; do
-      read -r entry method dataset <<< "$row"
+      read -r entry method dataset split <<< "$row"
       total=$((total + 1))
-      if [ ! -f "$OUT/$(run_name "$entry" "$method" "$dataset" "$seed")/eval/test/results.json" ]; then
+      if [ ! -f "$OUT/$(run_name "$entry" "$method" "$dataset" "$seed" "$split")/eval/test/results.json" ]; then
         todo=$((todo + 1))
         seconds=$((seconds + $(run_seconds "$entry" "$method" "$dataset")))
       fi
@@ -107,8 +110,8 @@ run_plan() {
        "$EPOCHS epochs (estimate from benchmarks/RESULTS.md: scripts/paper_common.sh, docs/reproduce.md)"
   for seed in $(seq 0 $((SEEDS - 1))); do
     for row in "${PLAN[@]}"; do
-      read -r entry method dataset <<< "$row"
-      train_and_eval "$entry" "$method" "$dataset" "$seed"
+      read -r entry method dataset split <<< "$row"
+      train_and_eval "$entry" "$method" "$dataset" "$seed" "$split"
     done
   done
 }

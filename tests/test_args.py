@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 from test_entry_points import SCRIPTS, small_run
 
-import lib.engine
+import lib.program
 from lib.args import divergence_hint, get_args_parser, given_flags, parse_args
+from lib.engine import NonFiniteError
 from lib.flags import COUNT, Range
 from lib.run import resume_line
-from lib.train import NonFiniteError
 
 from conftest import REPO
 
@@ -67,10 +67,12 @@ RANGES = [
         ("--temperature", "0", "> 0"), ("--margin", "-0.1", ">= 0"), ("--lambda_", "-1", ">= 0"),
         ("--seed", "-1", "an integer in [0, 4294967295]"), ("--knn-k", "0", "an integer >= 1"),
         ("--eval-batch-size", "0", "an integer >= 1"), ("--batch-size", "1.5", "an integer >= 1"),
-        ("--temperature", "abc", "> 0")]],
+        ("--temperature", "abc", "> 0"), ("--seen-fraction", "1", "in (0, 1)"),
+        ("--train-fraction", "0", "in (0, 1)")]],
     ("mb", "--memory-momentum", "1", "in [0, 1)"), ("mb", "--m-mementum", "-0.5", "in [0, 1)"),
     ("mb", "--dcnn-tau", "-1", ">= 0"), ("mb", "--dcnn-beta", "-1", ">= 0"), ("mb", "--dcnn-weight", "-1", ">= 0"),
     ("mb", "--triplet-margin", "-1", ">= 0"), ("mu", "--ema-momentum", "1", "in [0, 1)"),
+    ("mb", "--queue-size", "0", "an integer >= 1"),
     ("evaluate", "--batch-size", "0", "an integer >= 1"), ("evaluate", "--num_workers", "-1", "an integer >= 0"),
     ("evaluate", "--tsne-points", "2", "an integer >= 3"), ("evaluate", "--seed", "-1", "an integer in [0, "),
     ("retrieve", "--k", "0", "an integer >= 1"),
@@ -161,9 +163,9 @@ def test_a_diverging_run_says_why_and_what_to_try(monkeypatch):
     def diverge(args):
         raise NonFiniteError("non-finite loss_ce at epoch 3/3, step 5: stopped before the optimizer step")
 
-    monkeypatch.setattr(lib.engine, "train", diverge)
+    monkeypatch.setattr(lib.program, "train", diverge)
     with pytest.raises(SystemExit) as stop:
-        lib.engine.main(scratch)
+        lib.program.main(scratch)
     assert str(stop.value.code) == ("error: non-finite loss_ce at epoch 3/3, step 5: stopped before the optimizer "
                                     "step" + divergence_hint(scratch))
 
@@ -239,6 +241,9 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         ("mb", ["--resume", folder, "-b", "128", "--learning-rate", "0.5", "--epochs", "3"],
          ["--batch-size 16 (given 128), --lr 0.01 (given 0.5); leave these flags out"]),
         ("mu", ["--resume", folder], ["a run of SNCA-CE (MB)", "train_SNCA_CE/main.py"]),
+        ("mb", ["--resume", folder, "--split", "unseen", "--rot90", "--memory", "xbm", "--queue-size", "64"],
+         ["--rot90 off (given on), --split reference (given unseen), --memory mb (given xbm), --queue-size 8192 "
+          "(given 64); leave these flags out"]),
         ("evaluate", [], ["RUN_DIR", "--checkpoint PATH"]),
         ("evaluate", [folder, "--checkpoint", folder], ["not both"]),
         ("retrieve", ["--gallery", "g", "--query", "q", "--k", "0"], ["--k", ">= 1, got 0"]),

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from test_entry_points import metrics, run, small_run
 
 import lib.device
+from lib import KeyEncoder
 from lib.device import check_compiler, compile_network
 from lib.errors import InputError
-from lib.memory import KeyEncoder
 from models import EmbeddingNet
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from lib import Memory
 from lib.distributed import (
     Dist,
     all_gather_varlen,
@@ -28,7 +29,6 @@ from lib.distributed import (
     sharded_knn_predict,
 )
 from lib.knn import knn_predict
-from lib.memory import Memory
 from lib.parallel import shuffled_forward
 
 WORLD = 2

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from old_loop_call import train_one_epoch
 from test_entry_points import SCRIPTS, assert_same, metrics, small_run
 
 from datasets import TensorBatches
@@ -14,7 +15,6 @@ from lib import KeyEncoder, Memory
 from lib.args import get_args_parser
 from lib.device import resolve_precision
 from lib.interrupt import TrainingInterrupted
-from lib.train import train_one_epoch
 from lib.utils import rng_state, seed_everything, set_rng_state
 from models import EmbeddingNet
 

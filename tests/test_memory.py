@@ -135,7 +135,7 @@ def test_step_lr_equals_torch_steplr():
 
 
 def test_forward_switches_to_the_chunked_form_with_the_same_value_and_gradient(monkeypatch):
-    import lib.memory
+    import lib.memory_bank
 
     g = torch.Generator().manual_seed(1)
     memory = Memory(torch.randint(0, 4, (300,), generator=g), 16)
@@ -143,7 +143,7 @@ def test_forward_switches_to_the_chunked_form_with_the_same_value_and_gradient(m
     indices = torch.randperm(300, generator=g)[:12]
     results = []
     for limit in (10**9, 0):  # plain, then chunked
-        monkeypatch.setattr(lib.memory, "PLAIN_MAX_ELEMENTS", limit)
+        monkeypatch.setattr(lib.memory_bank, "PLAIN_MAX_ELEMENTS", limit)
         x = features.clone().requires_grad_(True)
         loss = memory(x, indices, 0.05, margin=2.0)
         loss.backward()

@@ -6,11 +6,14 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import average_precision_score, normalized_mutual_info_score
+from sklearn.metrics import classification_report as sklearn_classification_report
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.neighbors import KNeighborsClassifier
 
+from lib.knn import knn_predict
 from lib.metrics import (
     PR_RECALLS,
+    classification_report,
     cluster_accuracy,
     clustering_scores,
     confusion_matrix,
@@ -104,17 +107,20 @@ def test_clustering_scores_follow_kmeans_on_normalised_embeddings():
 
 # ---- retrieval ----
 
-def retrieval_loop(queries, query_labels, database, database_labels, ks, precision_ks, recalls):
-    """Every score from its definition, one query and one rank at a time."""
+def retrieval_loop(queries, query_labels, database, database_labels, ks, precision_ks, recalls, recall_ks=(1, 2, 4, 8),
+                   exclude_self=False):
+    """Every score from its definition, one query and one rank at a time; ``exclude_self``: the queries are the
+    database and query i's ranking leaves out row i."""
     queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
     database = database / np.linalg.norm(database, axis=1, keepdims=True)
-    n = len(database)
-    gtm = max(int(np.sum(database_labels == label)) for label in query_labels)
-    scores = {name: [] for name in ["map", "r_precision", "anmrr"]}
+    n = len(database) - exclude_self
+    gtm = max(int(np.sum(database_labels == label)) - exclude_self for label in query_labels)
+    scores = {name: [] for name in ["map", "r_precision", "map@r", "anmrr"]}
     scores.update({f"map@{k}": [] for k in ks} | {f"precision@{k}": [] for k in precision_ks})
+    scores.update({f"recall@{k}": [] for k in recall_ks})
     curve = []
-    for query, label in zip(queries, query_labels):
-        order = np.argsort(-(database @ query), kind="stable")
+    for i, (query, label) in enumerate(zip(queries, query_labels)):
+        order = [j for j in np.argsort(-(database @ query), kind="stable") if not (exclude_self and j == i)]
         relevant = [bool(database_labels[j] == label) for j in order]
         total = sum(relevant)
         hits = list(itertools.accumulate(relevant))  # hits[i - 1]: relevant among the first i
@@ -127,6 +133,10 @@ def retrieval_loop(queries, query_labels, database, database_labels, ks, precisi
         for k in precision_ks:
             scores[f"precision@{k}"].append(hits[min(k, n) - 1] / k)
         scores["r_precision"].append(precision[total - 1] if total else 0.0)
+        scores["map@r"].append(sum(precision[i - 1] for i in range(1, total + 1) if relevant[i - 1]) / total
+                               if total else 0.0)
+        for k in recall_ks:
+            scores[f"recall@{k}"].append(float(any(relevant[:k])))
         if total:
             cutoff = min(4 * total, 2 * gtm)
             ranks = [i for i in range(1, n + 1) if relevant[i - 1]]
@@ -198,3 +208,114 @@ def test_chunking_does_not_change_the_scores():
     whole = retrieval_scores(*args)
     assert retrieval_scores(*args, chunk_elements=113 * 7) == whole  # 7 queries per chunk
     assert retrieval_scores(*args, chunk_elements=1) == whole  # one query per chunk
+
+
+# ---- retrieval within one set (the unseen classes), Recall@K, MAP@R ----
+
+@pytest.mark.parametrize("case", CASES)
+def test_retrieval_within_one_set_leaves_each_query_out(case):
+    _, _, points, labels = clustered(9, **CASES[case])
+    if case == "class_missing":
+        labels[0] = 4  # a class of one image: its query has nothing relevant once it is left out
+    ks, precision_ks = (1, 20, 50, 150), (1, 5, 10, 200)
+    got = retrieval_scores(*as_tensors(points, labels, points, labels), ks=ks, precision_ks=precision_ks,
+                           chunk_elements=113 * 6, exclude_self=True)  # 6 queries per chunk: offsets matter
+    want, curve = retrieval_loop(points, labels, points, labels, ks, precision_ks, PR_RECALLS, exclude_self=True)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    np.testing.assert_allclose(got["pr_curve"]["precision"], curve, rtol=0, atol=1e-12)
+
+
+def test_knn_within_one_set_is_scikit_learn_without_the_query():
+    _, _, points, labels = clustered(10, n=60)
+    got = knn_accuracies(*as_tensors(points, labels, points, labels), ks=(1, 5), exclude_self=True)
+    for k in (1, 5):
+        classifier = KNeighborsClassifier(n_neighbors=k, weights="distance")
+        predicted = [classifier.fit(np.delete(points, i, 0), np.delete(labels, i)).predict(x[None])[0]
+                     for i, x in enumerate(points)]
+        assert got[k]["overall"] == pytest.approx(np.mean(predicted == labels), abs=1e-12)
+
+
+def unit_circle(degrees):
+    return torch.tensor([[np.cos(np.radians(d)), np.sin(np.radians(d))] for d in degrees], dtype=torch.float64)
+
+
+def test_recall_at_k_and_map_at_r_on_a_case_worked_by_hand():
+    """Five points on the unit circle at 0, 12, 25, 45, 100 degrees, classes A A B A B, each the query against the
+    other four (pytorch-metric-learning's ``embeddings_come_from_same_source``: R = class size - 1).
+    Rankings (relevant = 1) and R: q0 [1 0 1 0] R=2; q1 [1 0 1 0] R=2; q2 [0 0 0 1] R=1; q3 [0 1 1 0] R=2;
+    q4 [0 1 0 0] R=1. MAP@R = 1/R sum_{i<=R} P(i) rel(i): 1/2, 1/2, 0, (1/2)(1/2), 0 -> mean 0.25.
+    R-precision hits(R)/R: 1/2, 1/2, 0, 1/2, 0 -> 0.3. Recall@1: 1 1 0 0 0 -> 0.4; @2: 1 1 0 1 1 -> 0.8; @4: 1.
+    pytorch-metric-learning's accuracy_calculator gives the same by its definition (a relevance mask over the
+    first R neighbours, ``mean_average_precision_at_r`` divides by R, ``r_precision`` counts matches in it,
+    ``precision_at_1``): every query here has a relevant item, so its rule of leaving such queries out of the
+    mean does not apply."""
+    points, labels = unit_circle([0, 12, 25, 45, 100]), torch.tensor([0, 0, 1, 0, 1])
+    got = retrieval_scores(points, labels, points, labels, exclude_self=True)
+    assert got["map@r"] == pytest.approx(0.25, abs=1e-15)
+    assert got["r_precision"] == pytest.approx(0.3, abs=1e-15)
+    assert [got[f"recall@{k}"] for k in (1, 2, 4, 8)] == pytest.approx([0.4, 0.8, 1.0, 1.0], abs=1e-15)
+    assert got["precision@1"] == got["recall@1"]  # one item: a hit in it is both
+
+
+def pml_map_at_r(knn_labels, query_labels, r):
+    """pytorch-metric-learning's ``mean_average_precision_at_r`` as published, vectorised over a relevance mask
+    (ones over each query's first R columns): cumulative matches times matches over the rank, summed inside the
+    mask, over R."""
+    mask = np.arange(knn_labels.shape[1])[None] < r[:, None]                            # (Q, K)
+    equality = (knn_labels == query_labels[:, None]) & mask
+    cumulative = np.cumsum(equality, axis=1)
+    precision_at_ks = cumulative * equality / np.arange(1, knn_labels.shape[1] + 1)
+    return np.mean(np.sum(precision_at_ks * mask, axis=1) / r)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_map_at_r_matches_pytorch_metric_learning_published_definition(seed):
+    queries, query_labels, database, labels = clustered(seed, database_classes=[3, 1, 1, 2, 1])
+    got = retrieval_scores(*as_tensors(queries, query_labels, database, labels))
+    order = np.argsort(-((queries / np.linalg.norm(queries, axis=1, keepdims=True))
+                         @ (database / np.linalg.norm(database, axis=1, keepdims=True)).T), axis=1, kind="stable")
+    r = np.array([np.sum(labels == y) for y in query_labels])
+    assert got["map@r"] == pytest.approx(pml_map_at_r(labels[order], query_labels, r), abs=1e-12)
+
+
+# ---- per-class report ----
+
+def test_classification_report_matches_scikit_learn():
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 6, 150)
+    predictions = np.where(rng.random(150) < 0.6, labels, rng.integers(0, 7, 150))
+    predictions[predictions == 3] = 2  # class 3 is never predicted; class 6 is predicted, never true
+    got = classification_report(torch.tensor(predictions), torch.tensor(labels))
+    want = sklearn_classification_report(labels, predictions, zero_division=0, output_dict=True)
+    assert sorted(got["per_class"]) == sorted(int(c) for c in want if c.isdigit()) == list(range(7))
+
+    def ours(row):  # in scikit-learn's names
+        return {"precision": row["precision"], "recall": row["recall"], "f1-score": row["f1"],
+                "support": row["support"]}
+
+    for c, row in got["per_class"].items():
+        assert ours(row) == pytest.approx(want[str(c)], abs=1e-12)
+    for average in ("macro avg", "weighted avg"):
+        assert ours(got[average]) == pytest.approx(want[average], abs=1e-12)
+    assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-12)
+
+
+def test_knn_within_one_set_with_many_duplicates():
+    """Thirty exact copies of each of three points: every query's pool is all ties, the exact re-ranking over
+    every other row runs, and the query's own copy must stay out of it (at distance 0 it would decide its vote
+    alone). The oracle is knn_predict on the other rows (tested against scikit-learn with duplicates in
+    tests/test_knn.py)."""
+    rng = np.random.default_rng(12)
+    points = torch.tensor(np.repeat(rng.standard_normal((3, 4)), 30, axis=0))          # (90, 4)
+    labels = torch.tensor(np.repeat([0, 1, 2], 30))
+    labels[::7] = (labels[::7] + 1) % 3  # some copies of a point carry another label
+    for k in (1, 10):
+        got = knn_predict(points, points, labels, k=k, exclude_self=True)
+        keep = torch.ones(90, dtype=torch.bool)
+        want = []
+        for i in range(90):
+            keep[i] = False
+            want.append(knn_predict(points[i:i + 1], points[keep], labels[keep], k=k)[0])
+            keep[i] = True
+        assert torch.equal(got, torch.stack(want)), k

@@ -4,12 +4,13 @@ import copy
 
 import pytest
 import torch
+from old_loop_call import train_one_epoch
 
 from datasets import TensorBatches
 from lib import KeyEncoder, Memory
 from lib.args import get_args_parser
 from lib.device import resolve_precision
-from lib.train import NonFiniteError, train_one_epoch
+from lib.engine import NonFiniteError
 from models import EmbeddingNet
 
 CPU = torch.device("cpu")

@@ -33,7 +33,8 @@ def commands(lines):
 
 def test_every_script_is_covered():
     assert set(SCRIPTS) == {"train_paper.sh", "paper_table_knn.sh", "paper_table_retrieval.sh",
-                            "paper_table_clustering.sh", "paper_fig4_learning_curves.sh", "paper_fig_pr_curves.sh"}
+                            "paper_table_clustering.sh", "paper_fig4_learning_curves.sh", "paper_fig_pr_curves.sh",
+                            "paper_table_unseen.sh"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -56,8 +57,9 @@ def test_dry_run_plan_names_and_extra_args(script, tmp_path):
     for train, evaluate in zip(trains, evals):
         memory = {"train_SNCA_CE/main.py": "mb", "train_SNCA_CE_MC/main.py": "mu"}[train[1]]
         args = get_args_parser(memory).parse_args(train[2:])
-        # One naming scheme: <dataset>-<method>-<mb|mu>-seed<k> under OUT, whatever the script.
-        assert args.run_name == f"{args.dataset}-{args.method}-{memory}-seed{args.seed}"
+        # One naming scheme: <dataset>[-unseen]-<method>-<mb|mu>-seed<k> under OUT, whatever the script.
+        split = "-unseen" if args.split == "unseen" else ""
+        assert args.run_name == f"{args.dataset}{split}-{args.method}-{memory}-seed{args.seed}"
         assert args.out == str(out) and args.data == "/datasets" and args.epochs == 5
         assert args.dataset in ("AID", "NWPU-RESISC45") and args.method in METHODS and args.seed in (0, 1)
         assert args.amp == "none"  # float32, as the authors trained, unless AMP or EXTRA_ARGS say otherwise

@@ -1,12 +1,12 @@
 """The training loop's wiring of the triplet baseline: one forward pass over anchors, their positives and
 their negatives, in that order, each an image of the dataset index the epoch's draw names."""
 import torch
+from old_loop_call import train_one_epoch
 
-import lib.train
+import lib.parallel
 from datasets import TensorBatches
 from lib.args import get_args_parser
 from lib.device import resolve_precision
-from lib.train import train_one_epoch
 from lib.triplet_loss import sample_triplets
 from models import EmbeddingNet
 
@@ -24,7 +24,7 @@ class Recorder(torch.nn.Module):
 
 
 def test_triplet_step_forwards_anchors_positives_negatives(monkeypatch):
-    monkeypatch.setattr(lib.train, "train_augment", lambda images: images.float())  # keep pixel values readable
+    monkeypatch.setattr(lib.parallel, "train_augment", lambda images: images.float())  # keep pixel values readable
     n = 24
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()  # image i is all i
     labels = torch.arange(n) % 3
