@@ -17,6 +17,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -223,8 +224,9 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
     if variant.startswith("ours"):
         train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
         batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
-        val_batches = TensorBatches(val_images, [label for _, label in val], args.eval_batch_size, device)
-        eval_batches = TensorBatches(train_images, labels, args.eval_batch_size, device)
+        eval_batch = args.eval_batch_size or args.batch_size
+        val_batches = TensorBatches(val_images, [label for _, label in val], eval_batch, device)
+        eval_batches = TensorBatches(train_images, labels, eval_batch, device)
         step_model = compile_network(model, ours) if variant == "ours-compile" else model
         return (lambda: train_one_epoch(step_model, ours, batches, optimizer, args, precision),
                 lambda: validate(model, ours, val_batches, eval_batches, 10, precision))
@@ -248,6 +250,45 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
     encoder = key_encoder.encoder if key_encoder is not None else None
     return (lambda: reference.reference_train_epoch(model, memory.memory, labels, encoder, train_loader, optimizer),
             lambda: reference.reference_validate(model, memory.memory, labels, val_loader, eval_loader))
+
+
+# ---------------- the whole process, as a user runs it: start-up, training, validation, checkpoints ----------------
+WHOLE_FLAGS = ("--image-size", "64", "-b", "64", "--lr", "0.01", "--epochs", "4", "--num_workers", "2")
+
+
+def run_process(command):
+    """(wall seconds, CPU seconds, peak resident MB of the process) of one command, its output discarded."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        sys.exit(f"error: {shlex.join(command)} failed:\n{process.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def bench_whole(data, dataset, ext, rounds=3):
+    """Our entry point against the authors' process (benchmarks/reference_main.py), 64 px, ResNet-18 from scratch,
+    4 epochs, MB and MU, whole process from the command to its exit; the two take turns, median of ``rounds``."""
+    root = os.path.dirname(HERE)
+    with tempfile.TemporaryDirectory() as out:
+        data_flags = ["--data", data, "--dataset", dataset, "--imgEXT", ext, *WHOLE_FLAGS, "--out", out]
+        for memory_kind, entry in (("mb", "train_SNCA_CE"), ("mu", "train_SNCA_CE_MC")):
+            commands = {"ours": [sys.executable, os.path.join(root, entry, "main.py"), "--pretrained", "none",
+                                 "--device", "cpu", *data_flags],
+                        "reference": [sys.executable, os.path.join(HERE, "reference_main.py"), "--memory", memory_kind,
+                                      *data_flags]}
+            runs = {name: [] for name in commands}
+            for _ in range(rounds):
+                for name, command in commands.items():
+                    runs[name].append(run_process(command))
+            ours, ref = (np.median(np.array(runs[name]), axis=0) for name in ("ours", "reference"))
+            name = f"whole process, {memory_kind.upper()}, ResNet-18 from scratch, 64 px, -b 64, 4 epochs"
+            note = f"median of {rounds}, taking turns; {ours[0] / ref[0]:.2f} of the reference's time"
+            row(f"{name}: wall (s)", ours[0], ref[0], "s", "lower", note=note)
+            row(f"{name}: CPU (s)", ours[1], ref[1], "s", "lower")
+            row(f"{name}: peak resident memory (MB)", ours[2], ref[2], "MB", "lower")
 
 
 # ---------------- GPU only ----------------
@@ -366,7 +407,7 @@ def main():
     parser.add_argument("--dataset", default="RSSCN7", help="scene dataset folder under --data")
     parser.add_argument("--imgEXT", default="jpg", help="its image extension")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands"),
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands", "whole"),
                         help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
@@ -382,8 +423,8 @@ def main():
         bench_gpu(device)
         return write_results(device, "GPU benchmarks")
     device = torch.device("cpu")
-    only = set(args.only or ("data", "knn", "loss", "epoch", "bands"))
-    if splits is None and only & {"data", "epoch"}:
+    only = set(args.only or ("data", "knn", "loss", "epoch", "bands", "whole"))
+    if splits is None and only & {"data", "epoch", "whole"}:
         sys.exit("error: the data and epoch benchmarks need a scene dataset: give --data DIR --dataset NAME "
                  f"(--imgEXT EXT), DIR/NAME/<class>/<image>.EXT{'; there is none at ' + root if root else ''}")
     if args.quick and splits:
@@ -399,6 +440,8 @@ def main():
             bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
     if "bands" in only:
         bench_bands(args.workers, 500 if args.quick else 2000)
+    if "whole" in only:
+        bench_whole(args.data, args.dataset, args.imgEXT, rounds=1 if args.quick else 3)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
 
 

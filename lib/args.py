@@ -32,13 +32,14 @@ from models import ARCHS
 
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
+KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extracted training embeddings
 FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
 # Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
 LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
 # Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment (the
 # split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, --sync-bn, ...): a
 # resume takes it from the checkpoint, and refuses a value that differs.
-MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size")
+MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every")
 
 
 def get_args_parser(memory="mb"):
@@ -145,7 +146,14 @@ def get_args_parser(memory="mb"):
     run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                      help="storage of the memory (read as float32); half types halve it for very large datasets")
     run.add_argument("--knn-k", type=COUNT, default=10, help="neighbours of the validation kNN; paper: 10")
-    run.add_argument("--eval-batch-size", type=COUNT, default=512, help="batch of the validation embedding passes")
+    run.add_argument("--eval-batch-size", type=COUNT, default=None,
+                     help="batch of the validation embedding passes (default: -b, as the authors' validation "
+                     "loaders; a larger one is faster on a GPU and costs peak memory)")
+    run.add_argument("--knn-extracted-every", type=NON_NEGATIVE_INT, default=KNN_EXTRACTED_EVERY, metavar="N",
+                     help="for a method whose kNN reference is the memory (MB), also log the kNN against re-extracted "
+                     "training embeddings every N epochs (0: never); each costs an inference pass over the training "
+                     "split, about a third of a training epoch, hence every 10th epoch: about 3%% of training time. "
+                     "MU's own reference is always computed")
     run.add_argument("--out", default="runs", help="folder of run folders")
     run.add_argument("--run-name", default=None, help="run folder name (default: a timestamp and the method)")
     run.add_argument("--resume", default="", metavar="PATH",

@@ -114,8 +114,9 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
         def batches(split, batch_size, **shuffle):
             return TensorBatches(images[split], [label for _, label in splits[split]], batch_size, device, **shuffle,
                                  **shard)
-    made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", args.eval_batch_size),
-            batches("train", args.eval_batch_size))
+    eval_batch_size = args.eval_batch_size or args.batch_size
+    made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", eval_batch_size),
+            batches("train", eval_batch_size))
     if bands is not None:  # per-band statistics of the training split, once
         bands = training_statistics(bands, splits["train"], args.image_size, args.num_workers, images["train"],
                                     band_stats)

@@ -136,17 +136,18 @@ def knn_accuracy(queries, query_labels, references, reference_labels, k, dist=No
     return (predicted == query_labels).double().mean().item()
 
 
-def validate(model, memory, val_batches, train_batches, k, precision, dist=None):
+def validate(model, memory, val_batches, train_batches, k, precision, dist=None, extracted=True):
     """Validation kNN accuracy with two references for the training set.
 
     ``bank``: the memory's rows (``reference_rows``: MB's and MU's; None for a memory without, or none);
-    ``extracted``: training embeddings re-extracted with the current network and the eval preprocessing.
-    Under torchrun the ranks share the work and all return the one-process accuracies.
+    ``extracted``: training embeddings re-extracted with the current network and the eval preprocessing (an
+    inference pass over the training split; None when ``extracted`` is false). Under torchrun the ranks share the
+    work and all return the one-process accuracies.
     """
     queries, query_labels = extract_embeddings(model, val_batches, precision, dist)
-    references, reference_labels = extract_embeddings(model, train_batches, precision, dist)
     rows = memory.reference_rows() if memory is not None else None
     return {
         "bank": knn_accuracy(queries, query_labels, *rows, k, dist) if rows is not None else None,
-        "extracted": knn_accuracy(queries, query_labels, references, reference_labels, k, dist),
+        "extracted": knn_accuracy(queries, query_labels, *extract_embeddings(model, train_batches, precision, dist),
+                                  k, dist) if extracted else None,
     }

@@ -29,7 +29,7 @@ def learning_curve(metrics, title=""):
     for key in ("knn_acc_bank", "knn_acc_extracted"):
         if any(m.get(key) is not None for m in metrics):
             accuracy.plot(epochs, [100 * m[key] if m.get(key) is not None else np.nan for m in metrics],
-                          label=key.replace("knn_acc_", "reference: "))
+                          label=key.replace("knn_acc_", "reference: "), marker=".")  # sparse: every N epochs
     accuracy.set(xlabel="epoch", ylabel="validation kNN accuracy (%)", title=title or "validation kNN")
     accuracy.legend()
     for axes in (losses, accuracy):

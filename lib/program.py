@@ -159,8 +159,11 @@ def train_ranks(args, dist):
             if memory is not None and dist.world_size > 1:
                 assert_same_on_all_ranks(torch.cat([memory_checksum(t) for t in memory.replicated()]), dist,
                                          "the memory")
-            accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist)
-            knn_acc = accuracy[method.reference(memory)]
+            # The re-extracted reference: the method's own (MU, baselines), else a diagnostic every N epochs (MB).
+            every, own = args.knn_extracted_every, method.reference(memory)
+            extracted = own == "extracted" or (every > 0 and (epoch + 1) % every == 0)
+            accuracy = validate(net, memory, val_batches, train_eval_batches, args.knn_k, precision, dist, extracted)
+            knn_acc = accuracy[own]
             is_best = knn_acc > best_acc
             best_acc = max(best_acc, knn_acc)
             if dist.is_main:

@@ -73,6 +73,7 @@ RANGES = [
     ("mb", "--dcnn-tau", "-1", ">= 0"), ("mb", "--dcnn-beta", "-1", ">= 0"), ("mb", "--dcnn-weight", "-1", ">= 0"),
     ("mb", "--triplet-margin", "-1", ">= 0"), ("mu", "--ema-momentum", "1", "in [0, 1)"),
     ("mb", "--queue-size", "0", "an integer >= 1"),
+    *[(m, "--knn-extracted-every", "-1", "an integer >= 0") for m in ("mb", "mu")],
     ("evaluate", "--batch-size", "0", "an integer >= 1"), ("evaluate", "--num_workers", "-1", "an integer >= 0"),
     ("evaluate", "--tsne-points", "2", "an integer >= 3"), ("evaluate", "--seed", "-1", "an integer in [0, "),
     ("retrieve", "--k", "0", "an integer >= 1"),
