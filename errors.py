@@ -7,8 +7,6 @@ one another; entry points print it as a single line (``error: ...``) instead of 
 import os
 import pickle
 
-import torch
-
 
 class InputError(Exception):
     """A problem with what the user gave us: a path, a flag, a file."""
@@ -27,6 +25,8 @@ def one_line(error: BaseException) -> str:
 
 def load_state(path, flag="--resume", map_location="cpu"):
     """``torch.load(path, weights_only=True)``; any failure is one line naming ``flag`` and the file."""
+    import torch  # here: the flags import this module, and --help answers without torch
+
     if not os.path.isfile(path):
         raise InputError(f"{flag} {path}: no such file")
     try:

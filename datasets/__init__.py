@@ -1,11 +1,18 @@
 """Where images come from: folder datasets, the reference split, decoded-image caches, batches,
-batched augmentation, and the embedded synthetic dataset."""
-from datasets.batches import DecodingBatches, TensorBatches
-from datasets.cache import decoded_images
-from datasets.folder import SPLIT_NAMES, SceneDataset, build_splits, decode_resized, load_rgb
-from datasets.synthetic import make_synthetic
+batched augmentation, and the embedded synthetic dataset.
 
-__all__ = [
-    "SPLIT_NAMES", "DecodingBatches", "SceneDataset", "TensorBatches", "build_splits", "decode_resized",
-    "decoded_images", "load_rgb", "make_synthetic",
-]
+The names below load on first use (PEP 562), so that ``datasets.presets`` is read without importing torch.
+"""
+import importlib
+
+_WHERE = {"DecodingBatches": "datasets.batches", "TensorBatches": "datasets.batches",
+          "decoded_images": "datasets.cache", "SPLIT_NAMES": "datasets.folder", "SceneDataset": "datasets.folder",
+          "build_splits": "datasets.folder", "decode_resized": "datasets.folder", "load_rgb": "datasets.folder",
+          "make_synthetic": "datasets.synthetic"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'datasets' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -25,10 +25,9 @@ from datasets.folder import (
 )
 
 KINDS = {
-    "unreadable": "cannot be decoded (corrupt, truncated or not an image): training stops unless --skip-bad-images",
-    "empty-file": "zero bytes: training stops unless --skip-bad-images",
-    "bands": "band count or data type other than the dataset's most common one (--bands): training stops unless "
-             "--skip-bad-images",
+    "unreadable": "cannot be decoded (corrupt, truncated or not an image)",
+    "empty-file": "zero bytes",
+    "bands": "band count or data type other than the dataset's most common one (--bands)",
     "mode": "not 8-bit RGB; converted to RGB as the detail says",
     "size": "size other than the dataset's most common one (every image is resized to --image-size anyway)",
     "extension-case": "extension matches --imgEXT only ignoring case: included here, skipped by the reference's glob",
@@ -39,6 +38,7 @@ KINDS = {
     "other-file": "file without the --imgEXT extension, not used",
 }
 BAD = ("unreadable", "empty-file", "bands")
+STOPS, SKIPPED = "training stops unless --skip-bad-images", "left out of the split (--skip-bad-images)"
 CONVERSIONS = {
     "1": "bilevel, replicated to 3 channels", "L": "grey, replicated to 3 channels",
     "LA": "grey + alpha: alpha dropped", "La": "grey + alpha: alpha dropped", "P": "palette, mapped to RGB",
@@ -160,8 +160,9 @@ def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=Fals
     return {"classes": classes, "counts": counts, "totals": totals, "problems": problems, "bad": bad, "bands": layout}
 
 
-def summary(report, root, limit=3):
-    """Lines for the terminal: one per kind of problem, with its count and up to ``limit`` examples."""
+def summary(report, root, limit=3, skipping=False):
+    """Lines for the terminal: one per kind of problem, with its count and up to ``limit`` examples; the bad
+    kinds say what becomes of them (``skipping``: --skip-bad-images is given)."""
     by_kind = collections.defaultdict(list)
     for kind, path, detail in report["problems"]:
         by_kind[kind].append(os.path.relpath(path, root) + (f" ({detail})" if detail else ""))
@@ -169,5 +170,6 @@ def summary(report, root, limit=3):
     for kind in KINDS:
         if found := by_kind.get(kind):
             more = f", and {len(found) - limit} more" if len(found) > limit else ""
-            lines.append(f"{kind}: {len(found)} - {KINDS[kind]}: {'; '.join(found[:limit])}{more}")
+            text = f"{KINDS[kind]}: {SKIPPED if skipping else STOPS}" if kind in BAD else KINDS[kind]
+            lines.append(f"{kind}: {len(found)} - {text}: {'; '.join(found[:limit])}{more}")
     return lines

@@ -1,25 +1,51 @@
 """Command-line arguments of both entry points; the method-specific ones are in their own group.
 
-Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value.
-The reference scripts' flags keep their names, meanings and defaults.
+Every number from the paper (docs/method.md section 7) is a flag whose default is the paper's value. Every
+option string of the authors' two parsers parses with its meaning there, their aliases ``--learning-rate`` and
+the misspelt ``--m-mementum`` included (tests/test_args.py lists them all).
+
+Everything is checked here, before a folder or a file is written: each number against its range while parsing
+(``error: argument --temperature: must be > 0, got 0``), then the paths, then, on ``--resume``, the flags that
+define the experiment against its checkpoint. This module imports no torch, so ``--help`` answers at once.
 """
 import argparse
+import os
 
-from datasets.bands import parse_band_list, parse_rgb_bands
 from datasets.presets import PRESETS
-from lib.methods import MEMORIES, METHODS, offered
+from lib.errors import InputError
+from lib.flags import (
+    COUNT,
+    MAX_WORKERS,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    SEED,
+    ArgumentParser,
+    Range,
+    band_list,
+    check_data,
+    default_workers,
+    rgb_bands,
+)
+from lib.options import MEMORIES, METHODS, offered
 from models import ARCHS
 
+MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
+SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
 KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extracted training embeddings
+FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
+# Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
+LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
+# Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment (the
+# split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, --sync-bn, ...): a
+# resume takes it from the checkpoint, and refuses a value that differs.
+MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every")
 
 
 def get_args_parser(memory="mb"):
-    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.methods.MEMORIES``)."""
+    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.options.MEMORIES``)."""
     memories, methods = offered(memory)
-    parser = argparse.ArgumentParser(
-        description=f"Train {MEMORIES[memory].title} (Kang et al., IEEE TGRS 2020).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ArgumentParser(description=f"Train {MEMORIES[memory].title} (Kang et al., IEEE TGRS 2020).")
 
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None, help="folder holding <dataset>/<class>/<image>; "
@@ -35,27 +61,29 @@ def get_args_parser(memory="mb"):
     data.add_argument("--skip-bad-images", action="store_true",
                       help="leave unreadable and empty files out of the split (with a warning) instead of stopping; "
                       "the rest gets the reference split of itself")
-    data.add_argument("--bands", default=None, type=parse_band_list,
+    data.add_argument("--bands", default=None, type=band_list,
                       help="read multi-band .tif/.tiff files (tifffile), keeping these 1-based bands in this "
                       "order, e.g. 4,3,2,8, or all (default: the --dataset preset's, EuroSAT_MS: all; else 8-bit "
                       "RGB images)")
-    data.add_argument("--rgb-bands", default=None, type=parse_rgb_bands,
+    data.add_argument("--rgb-bands", default=None, type=rgb_bands,
                       help="with --bands: the red, green and blue bands, which get ImageNet's filters and make the "
                       "figures' composites (default: the preset's, EuroSAT_MS: 4,3,2; else none: every band gets "
                       "the mean ImageNet filter and figures show band 1 in grey)")
     data.add_argument("--rot90", action="store_true",
                       help="with --bands: also rotate each training image by a random multiple of 90 degrees")
-    data.add_argument("--image-size", type=int, default=256, help="side of the fixed Resize((S, S)); paper: 256")
-    data.add_argument("--split-seed", type=int, default=42, help="seed of the per-class split shuffle; reference: 42")
+    data.add_argument("--image-size", type=Range(int, low=MIN_IMAGE_SIZE), default=256,
+                      help="side of the fixed Resize((S, S)); paper: 256")
+    data.add_argument("--split-seed", type=SEED, default=42, help="seed of the per-class split shuffle; reference: 42")
     data.add_argument("--split", default="reference", choices=("reference", "unseen"),
                       help="reference: every class split 0.7 / 0.1 / 0.2 (the paper's); unseen: the authors' "
                       "class-disjoint split (DataGenClsSplit): seen classes train / val, the unseen ones are all test")
-    data.add_argument("--seen-fraction", type=float, default=0.8,
+    data.add_argument("--seen-fraction", type=FRACTION, default=0.8,
                       help="--split unseen: share of the classes seen in training, int(f x C); authors: 0.8")
-    data.add_argument("--train-fraction", type=float, default=0.8,
+    data.add_argument("--train-fraction", type=FRACTION, default=0.8,
                       help="--split unseen: share of a seen class's images in train, int(f x n), the rest val; "
                       "authors: 0.8")
-    data.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
+    data.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
+                      help=f"processes decoding images (default: the cores, at most {MAX_WORKERS})")
     data.add_argument("--cache", default="auto", choices=("auto", "device", "memory", "none"),
                       help="keep the decoded, resized images on the training device, in CPU memory, or decode "
                       "every epoch (none); auto: device when they take under half its free memory, else memory")
@@ -64,28 +92,33 @@ def get_args_parser(memory="mb"):
 
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="resnet18", choices=sorted(ARCHS), help="trunk; paper: resnet18")
-    model.add_argument("--dim", type=int, default=128, help="embedding dimension D; paper: 128")
+    model.add_argument("--dim", type=COUNT, default=128, help="embedding dimension D; paper: 128")
     model.add_argument("--pretrained", default="imagenet", choices=("imagenet", "none"),
                        help="trunk initialisation; paper: imagenet (torchvision weights, from the cache or downloaded)")
     model.add_argument("--weights", default=None, metavar="PATH",
                        help="local torchvision state dict for the trunk (overrides --pretrained)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int, default=130, help="paper: 130")
-    optim.add_argument("-b", "--batch-size", type=int, default=256,
+    optim.add_argument("--epochs", type=NON_NEGATIVE_INT, default=130,
+                       help="epochs to train in all (a resume with a larger value extends the run); paper: 130")
+    optim.add_argument("-b", "--batch-size", type=COUNT, default=256,
                        help="global batch size: under torchrun the ranks split each batch; paper: 256 (one GPU)")
-    optim.add_argument("--lr", type=float, default=0.1, help="SGD learning rate; paper: 0.1")
-    optim.add_argument("--lr-step", type=int, default=30, help="epochs between learning-rate decays; paper: 30")
-    optim.add_argument("--lr-gamma", type=float, default=0.5, help="learning-rate decay factor; paper: 0.5")
-    optim.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum; paper: 0.9")
-    optim.add_argument("--weight-decay", type=float, default=1e-4, help="paper: 1e-4")
+    optim.add_argument("--lr", "--learning-rate", type=POSITIVE, default=0.1, help="SGD learning rate; paper: 0.1")
+    optim.add_argument("--lr-step", type=COUNT, default=30, help="epochs between learning-rate decays; paper: 30")
+    optim.add_argument("--lr-gamma", type=Range(float, 0, 1, low_open=True), default=0.5,
+                       help="learning-rate decay factor; paper: 0.5")
+    optim.add_argument("--momentum", type=Range(float, 0, 1, low_open=True, high_open=True), default=0.9,
+                       help="SGD (Nesterov) momentum; paper: 0.9")
+    optim.add_argument("--weight-decay", type=NON_NEGATIVE, default=1e-4, help="paper: 1e-4")
 
     loss = parser.add_argument_group("loss")
     loss.add_argument("--method", default="snca-ce", choices=methods,
                       help="; ".join(f"{name}: {METHODS[name].help}" for name in methods))
-    loss.add_argument("--temperature", type=float, default=0.05, help="SNCA temperature T; paper: 0.05")
-    loss.add_argument("--margin", type=float, default=0.0, help="SNCA margin in cosine units (divided by T); paper: 0")
-    loss.add_argument("--lambda_", type=float, default=1.0, help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
+    loss.add_argument("--temperature", type=POSITIVE, default=0.05, help="SNCA temperature T; paper: 0.05")
+    loss.add_argument("--margin", type=NON_NEGATIVE, default=0.0,
+                      help="SNCA margin in cosine units (divided by T); paper: 0")
+    loss.add_argument("--lambda_", type=NON_NEGATIVE, default=1.0,
+                      help="weight of L_SNCA in lambda * L_SNCA + L_CE; paper: 1")
 
     for name in methods:
         METHODS[name].add_arguments(loss)
@@ -97,7 +130,7 @@ def get_args_parser(memory="mb"):
         MEMORIES[name].add_arguments(parser.add_argument_group(MEMORIES[name].title))
 
     run = parser.add_argument_group("run")
-    run.add_argument("--seed", type=int, default=0,
+    run.add_argument("--seed", type=SEED, default=0,
                      help="seeds python, numpy, torch and the shuffle, anew every epoch from (seed, epoch)")
     run.add_argument("--device", default=None, help="cuda, cuda:1, cpu, ... (default: cuda when available)")
     run.add_argument("--amp", default=None, choices=("none", "bf16", "fp16"),
@@ -112,11 +145,11 @@ def get_args_parser(memory="mb"):
                      "instead of over each rank's part; no effect in one process")
     run.add_argument("--memory-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                      help="storage of the memory (read as float32); half types halve it for very large datasets")
-    run.add_argument("--knn-k", type=int, default=10, help="neighbours of the validation kNN; paper: 10")
-    run.add_argument("--eval-batch-size", type=int, default=None,
+    run.add_argument("--knn-k", type=COUNT, default=10, help="neighbours of the validation kNN; paper: 10")
+    run.add_argument("--eval-batch-size", type=COUNT, default=None,
                      help="batch of the validation embedding passes (default: -b, as the authors' validation "
                      "loaders; a larger one is faster on a GPU and costs peak memory)")
-    run.add_argument("--knn-extracted-every", type=int, default=KNN_EXTRACTED_EVERY, metavar="N",
+    run.add_argument("--knn-extracted-every", type=NON_NEGATIVE_INT, default=KNN_EXTRACTED_EVERY, metavar="N",
                      help="for a method whose kNN reference is the memory (MB), also log the kNN against re-extracted "
                      "training embeddings every N epochs (0: never); each costs an inference pass over the training "
                      "split, about a third of a training epoch, hence every 10th epoch: about 3%% of training time. "
@@ -127,3 +160,87 @@ def get_args_parser(memory="mb"):
                      help="continue a run in its folder: a checkpoint file, a run folder (its last.pt), or 'auto' "
                      "(the newest last.pt under --out, or of --run-name)")
     return parser
+
+
+def parse_args(memory, argv=None):
+    """The checked flags of an entry point (``argv``: the command line's by default). Ranges are checked while
+    parsing, then the paths, then a resume's experiment against its checkpoint; any problem is one line and
+    exit status 2, before anything is written."""
+    parser = get_args_parser(memory)
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            resume_experiment(args, memory, given_flags(memory, argv), flag_names(parser))
+        check_paths(args)
+    except InputError as error:
+        parser.error(str(error))
+    return args
+
+
+def given_flags(memory, argv=None):
+    """The destinations of the flags given on the command line: the same parser with every default suppressed."""
+    probe = get_args_parser(memory)
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv))) - set(probe._defaults)
+
+
+def flag_names(parser):
+    """{destination: the flag's long name} (``batch_size``: ``--batch-size``)."""
+    return {action.dest: next((o for o in action.option_strings if o.startswith("--")), action.dest)
+            for action in parser._actions if action.option_strings}
+
+
+def resume_experiment(args, entry_point, given, names):
+    """On ``--resume``: every flag the checkpoint recorded and not given is taken from it (those of ``LOCAL``
+    excepted); a given flag that defines the experiment and differs is refused, all of them in one line."""
+    from lib.checkpoint import load_state, resolve_resume  # torch: only when resuming
+
+    args.resume = resolve_resume(args.resume, args.out, args.run_name)
+    saved = load_state(args.resume)["args"]
+    trained = MEMORIES[saved.get("memory", entry_point)]
+    if trained.entry_point != entry_point:
+        script = "train_SNCA_CE/main.py" if trained.entry_point == "mb" else "train_SNCA_CE_MC/main.py"
+        raise InputError(f"--resume {args.resume}: a run of {trained.title.split(':')[0]}; resume it with {script}")
+    differ = []
+    for dest, value in saved.items():
+        if dest not in names or dest in LOCAL:
+            continue
+        if dest not in given:
+            setattr(args, dest, value)
+        elif dest not in MAY_CHANGE and getattr(args, dest) != value:
+            differ.append(f"{names[dest]} {shown(value)} (given {shown(getattr(args, dest))})")
+    if differ:
+        raise InputError(f"--resume {args.resume}: the run was trained with {', '.join(differ)}; leave these flags "
+                         "out to continue it, or train a new run with them")
+
+
+def shown(value):
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+
+
+def check_paths(args):
+    """The paths given, before anything is written: each exists as the kind it must be (``--weights`` only for a
+    new run), a new run's folder does not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
+    if args.weights is not None and not args.resume and not os.path.isfile(args.weights):  # a resume loads none
+        raise InputError(f"--weights {args.weights}: no such file")
+    for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a file: give a folder")
+    if args.run_name is not None and (os.path.basename(args.run_name) != args.run_name or args.run_name in (".", "..")):
+        raise InputError(f"--run-name {args.run_name}: a name, not a path (the run folder is <--out>/<name>)")
+    if not args.resume and args.run_name and os.path.exists(os.path.join(args.out, args.run_name)):
+        raise InputError(f"run folder {os.path.join(args.out, args.run_name)} already exists: choose another "
+                         "--run-name, or --resume it")
+    check_data(args.data, args.dataset)
+
+
+def divergence_hint(args):
+    """The likely cause of a non-finite loss and its fix, when the flags show one (else empty): the paper's
+    learning rate assumes ImageNet weights, and float16 overflows where bfloat16 does not."""
+    if args.pretrained == "none" and args.weights is None and args.lr > SCRATCH_LR:
+        return (f"; likely cause: --lr {args.lr:g} from scratch (--pretrained none): the paper's learning rate assumes "
+                f"ImageNet weights; try --lr {SCRATCH_LR:g}")
+    if args.amp == "fp16":
+        return "; likely cause: float16 overflow (--amp fp16); try --amp bf16 or --amp none"
+    return f"; if it recurs, try a lower --lr than {args.lr:g}"

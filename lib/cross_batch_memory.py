@@ -16,7 +16,7 @@ EMPTY = -1  # the dataset index of a slot never written
 
 
 class CrossBatchMemory(MemoryVariant):
-    name, title = "xbm", "SNCA-CE (XBM): cross-batch memory (Wang et al., CVPR 2020), an extension beyond the paper"
+    name = "xbm"  # title, entry point and flags: lib.options
     options = {"queue_size": "queue_size"}
 
     def __init__(self, labels, dim, queue_size=8192, dtype=torch.float32, temperature=0.05, margin=0.0):
@@ -27,11 +27,6 @@ class CrossBatchMemory(MemoryVariant):
         self.register_buffer("queue_indices", torch.full((queue_size,), EMPTY))          # (M,)
         self.register_buffer("head", torch.zeros((), dtype=torch.long))                  # the next slot written
         self.temperature, self.margin = temperature, margin
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--queue-size", type=int, default=8192,
-                           help="--memory xbm: embeddings in the queue, M (not in the SNCA-CE paper)")
 
     def loss(self, features, indices, labels):
         """Float32 also under autocast, as MB's: exp(1/0.05) overflows float16."""

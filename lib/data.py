@@ -14,6 +14,7 @@ from datasets.folder import build_unseen_split
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from errors import InputError
 from lib.distributed import in_turn, on_main
+from lib.flags import REFERENCE_DATASET
 from lib.run import REPO
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
@@ -22,7 +23,7 @@ CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when th
 def resolve_data(args):
     """Fill in the dataset defaults; generate the synthetic dataset when it is asked for. Returns its root."""
     if args.dataset is None:
-        args.dataset = "synthetic" if args.data is None else "UCMerced_LandUse"
+        args.dataset = "synthetic" if args.data is None else REFERENCE_DATASET
     if args.data is None:
         if args.dataset != "synthetic":
             raise InputError(f"--dataset {args.dataset} needs --data, the folder that holds it")
@@ -45,7 +46,7 @@ def file_check(root, args):
     if args.check_images != "none":
         report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
                                args.skip_bad_images, args.bands)
-        for line in summary(report, root):
+        for line in summary(report, root, skipping=args.skip_bad_images):
             print(f"warning: {line}", file=sys.stderr)
     if report["bad"] and not args.skip_bad_images:
         named = "; ".join(f"{os.path.relpath(p, root)} ({kind}{': ' + detail if detail else ''})"

@@ -23,7 +23,10 @@ class Precision(NamedTuple):
 
 def resolve_device(name=None):
     """``name`` (e.g. 'cpu', 'cuda:1'), or CUDA when available and the CPU otherwise."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device name (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine")
     return device

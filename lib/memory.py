@@ -10,20 +10,31 @@ writes, so that every rank's memory stays identical (``lib.distributed``).
 import torch
 from torch import nn
 
+from lib.options import MEMORIES as OPTIONS
+
 
 class MemoryVariant(nn.Module):
     """The interface, with the defaults of a memory that has no schedule, no kNN reference and no network."""
 
-    name = ""            # the --memory value
+    name = ""            # the --memory value; its title, entry point and flags are lib.options.MEMORIES[name]'s
     title = ""           # one line for --help
-    entry_point = "mb"   # the entry point whose --memory offers it (lib.methods.offered)
+    entry_point = "mb"   # the entry point whose --memory offers it (lib.options.offered)
     reference = "extracted"  # the kNN reference that picks best.pt: 'bank' (reference_rows) or 'extracted'
-    momentum = 0.0       # the memory momentum of the current epoch, logged as memory_momentum
+    momentum = None      # the memory momentum of the current epoch, logged as memory_momentum (None: it has none)
     options = {}         # constructor keyword -> the flag (args attribute) that sets it, for ``build``
 
     @classmethod
     def add_arguments(cls, group):
         """The variant's own flags, in its ``--help`` group."""
+
+    def __init_subclass__(cls, **kwargs):
+        """A variant takes its title, entry point and flags from ``lib.options``, where the command line reads them
+        without torch."""
+        super().__init_subclass__(**kwargs)
+        if cls.name in OPTIONS:
+            declared = OPTIONS[cls.name]
+            cls.title, cls.entry_point = declared.title, declared.entry_point
+            cls.add_arguments = staticmethod(declared.add_arguments)
 
     @classmethod
     def build(cls, args, labels, net, dist):

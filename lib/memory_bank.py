@@ -21,7 +21,7 @@ class MemoryBank(MemoryVariant):
     from epoch 120 (``--memory-momentum``); the bank's rows are the kNN reference that picks best.pt.
     """
 
-    name, title, reference = "mb", "SNCA-CE (MB): memory bank", "bank"
+    name, reference = "mb", "bank"  # title, entry point and flags: lib.options
     options = {"momentum": "memory_momentum"}
 
     def __init__(self, labels, dim, dtype=torch.float32, temperature=0.05, margin=0.0, momentum=0.5):
@@ -32,11 +32,6 @@ class MemoryBank(MemoryVariant):
         self.register_buffer("labels", labels)                                                     # (N,)
         self.temperature, self.margin, self.initial_momentum = temperature, margin, momentum
         self.momentum = momentum
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--memory-momentum", type=float, default=0.5,
-                           help="memory-bank momentum until epoch 80 (then 0.8, and 0.9 from 120); paper: 0.5")
 
     def set_epoch(self, epoch):
         self.momentum = memory_momentum(epoch, self.initial_momentum)

@@ -3,7 +3,8 @@
 A method names its metric term (logged as ``loss_<term>``), whether L_CE is added, whether it needs the entry
 point's memory (``--memory``; then the memory's kNN reference picks best.pt, else the re-extracted training
 embeddings do), and what it asks of a batch. A memory is a ``lib.memory.MemoryVariant`` class. The training loop,
-the program, the checkpoints and the flags read these tables and never test a name.
+the program, the checkpoints and the flags read these tables and never test a name. Their help and flags are
+declared, without torch, in ``lib.options``.
 """
 from collections.abc import Callable
 from typing import NamedTuple
@@ -15,6 +16,8 @@ from lib.cross_batch_memory import CrossBatchMemory
 from lib.dcnn_loss import dcnn_loss
 from lib.memory_bank import MemoryBank
 from lib.momentum_update import MomentumUpdate
+from lib.options import METHODS as OPTIONS
+from lib.options import offered  # noqa: F401 -- the registry's address of it
 from lib.triplet_loss import sample_triplets, triplet_loss
 
 MEMORIES = {cls.name: cls for cls in (MemoryBank, MomentumUpdate, CrossBatchMemory)}
@@ -38,19 +41,6 @@ def with_triplets(images, indices, batches, draws):
     """The anchors' images followed by their drawn positives' and negatives': one forward pass for all three."""
     others = indices.cpu()
     return torch.cat([images, batches.images_at(draws[0][others]), batches.images_at(draws[1][others])])
-
-
-def dcnn_arguments(group):
-    group.add_argument("--dcnn-tau", type=float, default=0.44, help="D-CNN distance threshold tau; Cheng et al.: 0.44")
-    group.add_argument("--dcnn-beta", type=float, default=0.05, help="D-CNN margin beta; Cheng et al.: 0.05")
-    group.add_argument("--dcnn-weight", type=float, default=1.0,
-                       help="weight of the D-CNN hinge beside L_CE (not published in the SNCA-CE paper)")
-
-
-def triplet_arguments(group):
-    group.add_argument("--triplet-margin", type=float, default=0.2,
-                       help="triplet margin on squared distances of unit embeddings (not published in the SNCA-CE "
-                       "paper; FaceNet's 0.2)")
 
 
 class Method(NamedTuple):
@@ -81,20 +71,16 @@ class Method(NamedTuple):
         return self.draw(labels, torch.Generator().manual_seed(seed)) if self.draw is not None else None
 
 
+def declared(name):
+    """(help, add_arguments) of method ``name`` as ``lib.options`` declares them for the command line."""
+    return OPTIONS[name].help, OPTIONS[name].add_arguments
+
+
 METHODS = {
-    "snca-ce": Method("snca", True, True, snca, "lambda * L_SNCA + L_CE (the paper's method)"),
-    "snca": Method("snca", False, True, snca, "L_SNCA alone"),
-    "d-cnn": Method("dcnn", True, False, dcnn, "L_CE + the D-CNN pairwise hinge (Cheng et al., TGRS 2018), "
-                    "no memory", dcnn_arguments, pairwise=True),
-    "triplet": Method("triplet", False, False, triplet, "the triplet loss with random positives and negatives, "
-                      "no memory", triplet_arguments, draw=sample_triplets, inputs=with_triplets, copies=3),
+    "snca-ce": Method("snca", True, True, snca, *declared("snca-ce")),
+    "snca": Method("snca", False, True, snca, *declared("snca")),
+    "d-cnn": Method("dcnn", True, False, dcnn, *declared("d-cnn"), pairwise=True),
+    "triplet": Method("triplet", False, False, triplet, *declared("triplet"), draw=sample_triplets,
+                      inputs=with_triplets, copies=3),
 }
-
-
-def offered(entry_point):
-    """(memories, methods) that an entry point's ``--memory`` and ``--method`` offer, its own memory first. The
-    baselines need no memory: the MB entry point trains them, as in the authors' code."""
-    memories = [entry_point] + [name for name, cls in MEMORIES.items()
-                                if cls.entry_point == entry_point and name != entry_point]
-    methods = [name for name, method in METHODS.items() if method.uses_memory or entry_point == "mb"]
-    return memories, methods
+assert all(METHODS[name].uses_memory == option.uses_memory for name, option in OPTIONS.items())  # offered() reads these

@@ -52,19 +52,11 @@ class MomentumUpdate(MemoryVariant):
     """The memory ``bank`` (its SNCA loss, MB's) written by ``key_encoder``; the network's re-extracted
     training embeddings are the kNN reference that picks best.pt."""
 
-    name, title, entry_point = "mu", "SNCA-CE (MU): momentum-updated key encoder", "mu"
+    name = "mu"  # title, entry point and flags: lib.options
 
     def __init__(self, bank, key_encoder, ema_momentum=0.999):
         super().__init__()
         self.bank, self.key_encoder, self.ema_momentum = bank, key_encoder, ema_momentum
-
-    @classmethod
-    def add_arguments(cls, group):
-        group.add_argument("--ema-momentum", type=float, default=0.999, help="key-encoder EMA momentum; paper: 0.999")
-        group.add_argument("--key-bn", default="sync", choices=("sync", "shuffle"),
-                           help="under torchrun, the key encoder's BatchNorm batch: sync, the whole global batch "
-                           "(the paper's one-GPU setting, exactly); shuffle, MoCo's shuffle-BN across ranks. "
-                           "One process: the whole batch either way")
 
     @classmethod
     def build(cls, args, labels, net, dist):

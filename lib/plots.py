@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 GOOD, BAD = "#1a9850", "#d73027"  # frames of correct and wrong retrieval results
 
@@ -31,10 +32,12 @@ def learning_curve(metrics, title=""):
                           label=key.replace("knn_acc_", "reference: "), marker=".")  # sparse: every N epochs
     accuracy.set(xlabel="epoch", ylabel="validation kNN accuracy (%)", title=title or "validation kNN")
     accuracy.legend()
+    for axes in (losses, accuracy):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     return figure
 
 
-def confusion(matrix, classes):
+def confusion(matrix, classes, title="confusion matrix"):
     """Row-normalised confusion matrix (rows: true class, columns: predicted), class names on the axes."""
     matrix = np.asarray(matrix, dtype=np.float64)
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -45,7 +48,7 @@ def confusion(matrix, classes):
     ticks = np.arange(len(classes))
     axes.set_xticks(ticks, classes, rotation=90, fontsize=7)
     axes.set_yticks(ticks, classes, fontsize=7)
-    axes.set(xlabel="predicted", ylabel="true")
+    axes.set(xlabel="predicted", ylabel="true", title=title)
     if len(classes) <= 20:
         for i, j in zip(*np.nonzero(matrix)):
             axes.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7,

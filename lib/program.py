@@ -12,7 +12,7 @@ import torch
 
 from datasets.augment import RGB
 from errors import InputError, one_line
-from lib.args import get_args_parser
+from lib.args import divergence_hint
 from lib.checkpoint import (
     check_compatible,
     load_state,
@@ -40,14 +40,13 @@ SCALARS = {**{f"train/{k}": k for k in ("loss", *dict.fromkeys(f"loss_{m.term}" 
            **{f"val/{k}": k for k in ("knn_acc", "knn_acc_bank", "knn_acc_extracted")}}
 
 
-def main(memory):
-    """Entry point: parse the flags of the entry point whose memory is ``memory`` ('mb' or 'mu'), train, and turn bad
-    input into one line."""
-    args = get_args_parser(memory).parse_args()
+def main(args):
+    """Entry point: train with the flags of ``lib.args.parse_args``, and turn bad input into one line."""
     try:
         train(args)
     except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
-        sys.exit(f"error: {one_line(error)}" if os.environ.get("RANK", "0") == "0" else 1)
+        hint = divergence_hint(args) if isinstance(error, NonFiniteError) else ""
+        sys.exit(f"error: {one_line(error)}{hint}" if os.environ.get("RANK", "0") == "0" else 1)
 
 
 def check_world(args, dist):
@@ -115,7 +114,7 @@ def train_ranks(args, dist):
         model = compile_network(model, memory)
 
     # ---------------- run folder (rank 0 writes) ----------------
-    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, device_used=str(device),
+    folder, log = open_run_folder(args, dist, start_epoch, splits, report, root, checkpoint, device_used=str(device),
                                   world_size=dist.world_size, num_train=num_train, num_classes=num_classes,
                                   torch_version=torch.__version__, augmentation=", ".join(pipeline.ops))
     if dist.is_main:
@@ -168,7 +167,7 @@ def train_ranks(args, dist):
             is_best = knn_acc > best_acc
             best_acc = max(best_acc, knn_acc)
             if dist.is_main:
-                momentum = memory.momentum if memory is not None else 0.0
+                momentum = memory.momentum if memory is not None else None  # the variant's own: MB's alone has one
                 metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
                            "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
                            "best_knn_acc": best_acc, "time_s": time.time() - start}
@@ -192,5 +191,6 @@ def train_ranks(args, dist):
                   f"{100 * accuracy[method.reference(memory)]:.2f}%")
     if dist.is_main:
         log.close()
-        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}")
+        print(f"done: best val kNN@{args.knn_k} {100 * best_acc:.2f}%; run folder {folder}" if best_acc >= 0 else
+              f"done: no epoch trained (--epochs {args.epochs}); run folder {folder}")
     return folder

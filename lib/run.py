@@ -1,7 +1,8 @@
 """The run folder: arguments, splits, per-epoch metrics (JSON lines and TensorBoard), checkpoints.
 
 <out>/<run-name>/
-    args.json           all arguments, git commit, command line
+    args.json           all arguments, git commit, command line: written once, when the run starts
+    history.jsonl       one line per start and resume: time, command, git commit, host, the flags it changed
     splits/             train.txt, val.txt, test.txt (relative path and label per line), classes.txt
     dataset_check.json  the start-up check of the dataset's files (datasets/check.py)
     metrics.jsonl       one JSON object per epoch
@@ -12,6 +13,7 @@
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,7 @@ from lib import plots
 from lib.distributed import on_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNRECORDED = ("resume", "out", "run_name")  # where the run was found, not how it runs: history omits them
 
 
 def git_commit():
@@ -68,9 +71,22 @@ class RunLog:
             return [json.loads(line) for line in f if line.strip()]
 
     def write_args(self, args, **extra):
-        record = {**vars(args), **extra, "git_commit": git_commit(), "command": shlex.join([sys.executable, *sys.argv])}
-        with open(os.path.join(self.folder, "args.json"), "w") as f:
+        record = {**vars(args), **extra, "git_commit": git_commit(), "command": command_line()}
+        with open(os.path.join(self.folder, "args.json"), "x") as f:  # "x": never over an existing record
             json.dump(record, f, indent=2)
+
+    def append_history(self, args, resumed=None, **facts):
+        """One line in history.jsonl for this start (``resumed`` None) or resume of the run: the flags changed
+        since the checkpoint as {flag: [before, now]}, and where training continues."""
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "resume" if resumed else "start",
+                  "command": command_line(), "git_commit": git_commit(), "host": socket.gethostname(), **facts}
+        if resumed:
+            before = resumed["args"]
+            record["changed"] = {k: [before.get(k), v] for k, v in vars(args).items()
+                                 if k not in UNRECORDED and before.get(k) != v}
+            record["from"] = {"epoch": resumed["epoch"], "step": resumed["step"]}
+        with open(os.path.join(self.folder, "history.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def write_json(self, name, record):
         with open(os.path.join(self.folder, name), "w") as f:
@@ -103,14 +119,33 @@ class RunLog:
                        os.path.join(self.folder, "learning_curve.png"))
 
 
-def open_run_folder(args, dist, start_epoch, splits, report, root, **facts):
+def open_run_folder(args, dist, start_epoch, splits, report, root, resumed=None, **facts):
     """The run folder (rank 0's name, the same on every rank: the default is a timestamp) and, on rank 0, its
-    RunLog with the arguments, the split and the dataset check written (None elsewhere)."""
+    RunLog (None elsewhere). A new run writes its arguments, split and dataset check; a resumed one (``resumed``:
+    its checkpoint) keeps them and says where it continues. Both add a line to history.jsonl."""
     folder = on_main(dist, run_folder, args)
     if not dist.is_main:
         return folder, None
     log = RunLog(folder, done_epochs=start_epoch)
-    log.write_args(args, **facts)
-    log.write_splits(splits, root)
-    log.write_json("dataset_check.json", report)
+    if resumed is None:
+        log.write_args(args, **facts)
+        log.write_splits(splits, root)
+        log.write_json("dataset_check.json", report)
+    else:
+        print(resume_line(args, resumed))
+    log.append_history(args, resumed, **facts)
     return folder, log
+
+
+def resume_line(args, checkpoint):
+    """Where a resumed run continues: after its last completed epoch, or inside the next one at a step."""
+    epoch, step = checkpoint["epoch"], checkpoint["step"]
+    if epoch >= args.epochs:
+        return f"resumed {args.resume}: {epoch} epochs done, none left of --epochs {args.epochs}"
+    where = f"epoch {epoch + 1}/{args.epochs}"
+    where = f"at step {step + 1} of {where}" if step else f"with {where}"
+    return f"resumed {args.resume}: {epoch} epochs done, continuing {where}"
+
+
+def command_line():
+    return shlex.join([sys.executable, *sys.argv])

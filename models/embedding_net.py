@@ -13,8 +13,7 @@ import torchvision
 from torch import nn
 
 from errors import InputError, load_state
-
-ARCHS = {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}
+from models import ARCHS
 
 
 def adapt_first_conv(weight, in_channels, rgb=None):

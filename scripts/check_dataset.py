@@ -6,7 +6,6 @@
 Exit status 1 when some file cannot be read (training would stop on it), else 0. Training runs the
 same check at start-up (``--check-images header`` by default there; ``full`` here).
 """
-import argparse
 import json
 import os
 import sys
@@ -14,37 +13,38 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.bands import parse_band_list  # noqa: E402
-from datasets.check import KINDS, check_dataset, summary  # noqa: E402
-from datasets.folder import SPLIT_NAMES  # noqa: E402
 from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
+from lib.flags import COUNT, SEED, ArgumentParser, band_list, check_data  # noqa: E402
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder holding <dataset>/<class>/<image>")
     parser.add_argument("--dataset", required=True, help="dataset folder name; known: " + ", ".join(sorted(PRESETS)))
     parser.add_argument("--imgEXT", default=None, help="image extension (default: the preset's, else tif)")
-    parser.add_argument("--bands", default=None, type=parse_band_list,
+    parser.add_argument("--bands", default=None, type=band_list,
                         help="check the files as N-band TIFFs (tifffile): each must have the band count and data type "
                         "of most (default: the preset's, EuroSAT_MS: all; else 8-bit RGB images)")
-    parser.add_argument("--split-seed", type=int, default=42, help="seed of the reference split")
+    parser.add_argument("--split-seed", type=SEED, default=42, help="seed of the reference split")
     parser.add_argument("--check-images", default="full", choices=("header", "full"),
                         help="header: read each header; full: decode each image (finds truncated files)")
     parser.add_argument("--skip-bad-images", action="store_true", help="count the split without the bad files")
-    parser.add_argument("--num_workers", type=int, default=8, help="threads reading files")
+    parser.add_argument("--num_workers", type=COUNT, default=8, help="threads reading files")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the full report here")
     return parser
 
 
 def main():
     args = get_args_parser().parse_args()
+    from datasets.check import KINDS, check_dataset, summary  # torch: imported after --help and the flag checks
+    from datasets.folder import SPLIT_NAMES
+
     ext = args.imgEXT or (PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif")
     bands = args.bands or (PRESETS[args.dataset].bands if args.dataset in PRESETS else None)
-    root = dataset_root(args.data, args.dataset)
     try:
+        check_data(args.data, args.dataset)
+        root = dataset_root(args.data, args.dataset)
         report = check_dataset(root, ext, args.split_seed, args.check_images == "full", args.num_workers,
                                args.skip_bad_images, bands)
     except InputError as error:
@@ -60,7 +60,7 @@ def main():
     num_images = sum(report["totals"].values()) + (len(report["bad"]) if args.skip_bad_images else 0)
     if mismatch := preset_mismatch(args.dataset, len(report["classes"]), num_images):
         print(f"note: {mismatch}")
-    lines = summary(report, root, limit=10)
+    lines = summary(report, root, limit=10, skipping=args.skip_bad_images)
     print("\n".join(lines) if lines else "no problems found")
     if args.json:
         with open(args.json, "w") as f:

@@ -4,7 +4,8 @@ A run trained with ``--split unseen`` has only unseen classes in its test split:
 query against all the other test images (itself left out), as in the metric-learning benchmarks.
 
     python scripts/evaluate.py runs/NAME                   # best.pt, test split -> runs/NAME/eval/test/
-    python scripts/evaluate.py runs/NAME/checkpoints/last.pt --split val --device cpu
+    python scripts/evaluate.py runs/NAME --checkpoint last --split val --device cpu
+    python scripts/evaluate.py --checkpoint runs/NAME/checkpoints/last.pt    # as scripts/retrieve.py takes it
     torchrun --nproc_per_node 4 scripts/evaluate.py runs/NAME   # each GPU decodes and embeds a quarter
 
 Under torchrun each rank decodes and embeds its contiguous share of the queries and of the database, the
@@ -16,12 +17,13 @@ P@k, R-precision, ANMRR, Recall@1/2/4/8, MAP@R; the PR curve; the per-class repo
 predictions; with --rotations, mAP and kNN OA of the queries under each of the 8 symmetries of the square),
 confusion_matrix.csv/.png (kNN K = 10), per_class.csv, pr_curve.csv/.png, tsne.png, retrieval_examples.png
 and embeddings.npz; logs the confusion matrix and the query embeddings (TensorBoard's projector, with
-thumbnails) to the run's tb/. With --tta d4 everything goes to eval/<split>-tta-d4/. Metric definitions: README.
+thumbnails) to the run's tb/eval_<split>/, replaced by a re-run. With --tta d4 everything goes to
+eval/<split>-tta-d4/ (and tb/eval_<split>-tta-d4/). Metric definitions: README.
 """
-import argparse
 import csv
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -36,6 +38,16 @@ from lib import plots  # noqa: E402
 from lib.device import resolve_precision  # noqa: E402
 from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
+from lib.flags import (  # noqa: E402
+    COUNT,
+    NON_NEGATIVE_INT,
+    SEED,
+    ArgumentParser,
+    Range,
+    add_checkpoint_arguments,
+    checkpoint_target,
+    default_workers,
+)
 from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
 from lib.knn import knn_predict  # noqa: E402
 from lib.metrics import (  # noqa: E402
@@ -51,25 +63,26 @@ KNN_KS = (1, 5, 10)
 WORST_SHOWN = 3  # classes named in the printed summary, lowest F1 first
 EXAMPLE_QUERIES, EXAMPLE_RESULTS = 8, 10
 THUMBNAIL = 32  # px, for TensorBoard's projector
+MIN_TSNE_POINTS = 3  # t-SNE's perplexity (at least 2 here) must stay below the number of points
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("target", metavar="RUN_DIR", help="a run folder, or a checkpoint file in one")
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which one, for a run folder")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_checkpoint_arguments(parser)
     parser.add_argument("--split", default="test", choices=("test", "val"), help="the queries")
     parser.add_argument("--data", default=None, help="the dataset's parent folder, if it moved since training")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     parser.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"), help="precision of the network")
-    parser.add_argument("--batch-size", type=int, default=512, help="images per embedding pass")
-    parser.add_argument("--num_workers", type=int, default=4, help="processes decoding images")
+    parser.add_argument("--batch-size", type=COUNT, default=512, help="images per embedding pass")
+    parser.add_argument("--num_workers", type=NON_NEGATIVE_INT, default=default_workers(),
+                        help="processes decoding images (default: the cores, at most 4)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="decoded images on disk, as in training (default: the run's own --cache-dir)")
     parser.add_argument("--weights", default=None, metavar="PATH", help="not used (the checkpoint holds the trained "
                         "network); accepted so that the paper scripts' EXTRA_ARGS serve training and evaluation alike")
-    parser.add_argument("--tsne-points", type=int, default=5000, help="queries shown in tsne.png (a seeded sample)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds K-means, t-SNE and the example queries")
+    parser.add_argument("--tsne-points", type=Range(int, low=MIN_TSNE_POINTS), default=5000,
+                        help="queries shown in tsne.png (a seeded sample)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seeds K-means, t-SNE and the example queries")
     parser.add_argument("--rotations", action="store_true",
                         help="also score the queries rotated by 90, 180, 270 degrees and mirrored (the 8 symmetries of "
                         "the square), each against the unrotated database: mAP and kNN@10 OA per transform")
@@ -80,7 +93,9 @@ def get_args_parser():
 
 
 def main():
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    args.target, args.checkpoint = checkpoint_target(args, parser)
     try:
         folder = evaluate(args)
     except InputError as error:  # under torchrun every rank stops alike: rank 0 says why
@@ -162,12 +177,13 @@ def evaluate_ranks(args, dist):
     # ---------------- tables, figures, embeddings ----------------
     write_csv(os.path.join(out, "confusion_matrix.csv"), ["true \\ predicted", *classes_shown],
               [[c, *row] for c, row in zip(classes_shown, matrix.tolist())])
-    plots.save(plots.confusion(matrix, classes_shown), os.path.join(out, "confusion_matrix.png"))
     write_csv(os.path.join(out, "per_class.csv"), ["class", "precision", "recall", "f1", "support"],
               [[c, row["precision"], row["recall"], row["f1"], int(row["support"])]
                for c, row in report["per_class"].items()])
-    write_csv(os.path.join(out, "pr_curve.csv"), ["recall", "precision"], zip(pr["recall"], pr["precision"]))
     method = f"{run_args.get('method', 'snca-ce')} ({run_args['memory']})"
+    title = f"kNN (K = 10) on the {args.split} split, {method}, {os.path.basename(os.path.normpath(run_dir))}"
+    plots.save(plots.confusion(matrix, classes_shown, title), os.path.join(out, "confusion_matrix.png"))
+    write_csv(os.path.join(out, "pr_curve.csv"), ["recall", "precision"], zip(pr["recall"], pr["precision"]))
     plots.save(plots.pr_curve(pr["recall"], pr["precision"], method), os.path.join(out, "pr_curve.png"))
     rng = np.random.default_rng(args.seed)
     shown = np.sort(rng.permutation(len(q))[: args.tsne_points])
@@ -195,7 +211,7 @@ def evaluate_ranks(args, dist):
                         query_paths=np.array([os.path.relpath(p, root) for p, _ in queries]),
                         database_paths=np.array([os.path.relpath(p, root) for p, _ in database]))
     log_tensorboard(run_dir, os.path.basename(out), results, matrix, classes_shown, q, q_labels, thumbnails,
-                    classes)
+                    classes, title)
     print(summary(results))
     return out
 
@@ -225,17 +241,19 @@ def thumbnail(images):
                                            antialias=True)
 
 
-def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, thumbnails, names):
+def log_tensorboard(run_dir, split, results, matrix, classes, queries, labels, thumbnails, names, title):
     """Scalars, the confusion matrix image (of ``classes``) and the query embeddings (projector, with thumbnails;
-    ``names`` of every label)."""
+    ``names`` of every label), in tb/eval_<split>/: a re-run replaces that folder, so nothing is logged twice."""
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(os.path.join(run_dir, "tb")) as writer:
+    folder = os.path.join(run_dir, "tb", f"eval_{split}")
+    shutil.rmtree(folder, ignore_errors=True)
+    with SummaryWriter(folder) as writer:
         for k, scores in results["knn"].items():
             writer.add_scalar(f"eval_{split}/knn{k}_overall", scores["overall"])
         for key in ("map", "map@20", "anmrr", "recall@1", "map@r"):
             writer.add_scalar(f"eval_{split}/{key}", results["retrieval"][key])
-        writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes))
+        writer.add_figure(f"eval_{split}/confusion_matrix", plots.confusion(matrix, classes, title))
         writer.add_embedding(queries.cpu(), metadata=[names[y] for y in labels.tolist()], label_img=thumbnails.cpu(),
                              tag=f"eval_{split}")
 

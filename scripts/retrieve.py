@@ -1,12 +1,12 @@
 """Find the images of a gallery folder most similar to a query image, with a trained run.
 
     python scripts/retrieve.py --checkpoint runs/NAME --gallery /archive/tiles --query scene.jpg --k 20
+    python scripts/retrieve.py runs/NAME --checkpoint last --gallery /archive/tiles --query scene.jpg  # as evaluate.py
 
 The gallery (every image under the folder, any depth) is embedded once and cached beside the run in
 ``retrieval_cache/``; files added, removed or changed since are re-embedded on the next call. Prints the
 top-k paths with their cosine similarity and writes a self-contained HTML page with thumbnails.
 """
-import argparse
 import base64
 import hashlib
 import html
@@ -27,6 +27,7 @@ from datasets.augment import pipeline_of  # noqa: E402
 from datasets.folder import decode_image, read_bands  # noqa: E402
 from lib.device import resolve_device, resolve_precision  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
+from lib.flags import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
 from lib.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -36,13 +37,11 @@ EMBED_CHUNK = 256  # images decoded and embedded at a time
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="a run folder (its best.pt) or a "
-                        "checkpoint file")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_checkpoint_arguments(parser)
     parser.add_argument("--gallery", required=True, metavar="DIR", help="folder of images to search")
     parser.add_argument("--query", required=True, nargs="+", metavar="IMAGE", help="query image(s)")
-    parser.add_argument("--k", type=int, default=20, help="results per query")
+    parser.add_argument("--k", type=COUNT, default=20, help="results per query")
     parser.add_argument("--html", default=None, metavar="PATH",
                         help="the page to write (default: RUN_DIR/retrieval/<query name>.html)")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
@@ -50,7 +49,9 @@ def get_args_parser():
 
 
 def main():
-    args = get_args_parser().parse_args()
+    parser = get_args_parser()
+    args = parser.parse_args()
+    args.target, args.checkpoint = checkpoint_target(args, parser)
     try:
         retrieve(args)
     except InputError as error:
@@ -62,7 +63,7 @@ def retrieve(args):
     precision = resolve_precision(device, "none")
     if not os.path.isdir(args.gallery):
         raise InputError(f"--gallery {args.gallery}: no such folder")
-    model, run_args, run_dir = load_trained(args.checkpoint, device, flag="--checkpoint")
+    model, run_args, run_dir = load_trained(args.target, device, args.checkpoint, flag="--checkpoint")
     size = run_args["image_size"]
     args.pipeline = pipeline_of(run_args["band_stats"])  # N-band runs: their bands and per-band statistics
     paths, gallery = gallery_embeddings(model, args, run_dir, size, device, precision)
@@ -99,7 +100,7 @@ def gallery_embeddings(model, args, run_dir, size, device, precision):
     paths = sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files
                    if f.lower().endswith(extensions(args.pipeline)))
     stamps = [f"{stat.st_size}:{stat.st_mtime_ns}" for stat in map(os.stat, paths)]
-    weights = checkpoint_path(args.checkpoint)
+    weights = checkpoint_path(args.target, args.checkpoint)
     network = f"{os.path.abspath(weights)}:{os.stat(weights).st_mtime_ns}"
     cache = os.path.join(run_dir, "retrieval_cache", hashlib.sha256(root.encode()).hexdigest()[:16] + ".npz")
     known = {}

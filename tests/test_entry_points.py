@@ -57,6 +57,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, entry_runs, image_tree
     assert all(0 <= m["knn_acc"] <= 1 for m in lines)
     own = "knn_acc_bank" if method == "mb" else "knn_acc_extracted"
     assert all(m["knn_acc"] == m[own] for m in lines)
+    assert all((m["memory_momentum"] is None) == (method == "mu") for m in lines)  # MU has no memory momentum
     for split, count in (("train", 4 * 8), ("val", 4 * 1), ("test", 4 * 3)):
         rows = Path(folder, "splits", f"{split}.txt").read_text().splitlines()
         assert len(rows) == count and all(os.path.isfile(os.path.join(image_tree, "tiny", r.split()[0])) for r in rows)
@@ -64,6 +65,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, entry_runs, image_tree
     events = EventAccumulator(os.path.join(folder, "tb"))
     events.Reload()
     assert TAGS <= set(events.Tags()["scalars"])
+    assert ("train/memory_momentum" in events.Tags()["scalars"]) == (method == "mb")
     assert [e.step for e in events.Scalars("val/knn_acc")] == [1, 2]
 
     for checkpoint in ("last.pt", "best.pt"):
@@ -270,6 +272,7 @@ def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
     evaluated = run("mb", *flags[:-1], "zero", "--epochs", "0", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert "nothing to train after epoch 0: val kNN@10" in evaluated.stdout
+    assert "done: no epoch trained (--epochs 0)" in evaluated.stdout and "-100" not in evaluated.stdout
     make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
     one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
                        "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")

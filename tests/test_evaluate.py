@@ -229,12 +229,20 @@ def test_figures_are_written(evaluated, figure):
         assert image.format == "PNG"
 
 
-def test_tensorboard_gets_the_confusion_matrix_and_the_projector(trained, evaluated):
-    events = EventAccumulator(os.path.join(trained, "tb"))
+def test_tensorboard_gets_the_confusion_matrix_and_the_projector_once_per_evaluation(trained, evaluated):
+    """A re-run (the run given as --checkpoint PATH, as scripts/retrieve.py takes it) replaces tb/eval_test/."""
+    results = json.loads(Path(evaluated, "results.json").read_text())
+    done = subprocess.run([sys.executable, EVALUATE, "--checkpoint", os.path.join(trained, "checkpoints", "best.pt"),
+                           "--device", "cpu", "--num_workers", "0", "--tsne-points", "12"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "warning" not in done.stdout + done.stderr
+    assert json.loads(Path(evaluated, "results.json").read_text()) == results
+    events = EventAccumulator(os.path.join(trained, "tb", "eval_test"))
     events.Reload()
-    assert "eval_test/knn10_overall" in events.Tags()["scalars"]
+    assert [e.step for e in events.Scalars("eval_test/knn10_overall")] == [0]
     assert "eval_test/confusion_matrix" in events.Tags()["images"]
-    assert os.path.exists(os.path.join(trained, "tb", "projector_config.pbtxt"))
+    assert os.path.exists(os.path.join(trained, "tb", "eval_test", "projector_config.pbtxt"))
 
 
 def test_retrieve_finds_the_query_itself_and_refreshes_its_cache(trained, image_tree, tmp_path):

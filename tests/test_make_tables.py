@@ -20,14 +20,16 @@ RETRIEVAL = ["map", "map@20", "map@50", "map@100", "r_precision", "anmrr"] + [
     f"precision@{k}" for k in (1, 5, 10, 20, 50, 100)]
 
 
-def write_run(folder, method, memory, dataset, seed, rng, epochs=5, evaluated=True):
-    """A run folder as the entry points and scripts/evaluate.py leave it; returns its metrics flattened."""
+def write_run(folder, method, memory, dataset, seed, rng, epochs=5, evaluated=True, trained=None, **settings):
+    """A run folder as the entry points and scripts/evaluate.py leave it (``trained`` of ``epochs`` epochs done);
+    returns its metrics flattened."""
     os.makedirs(folder)
     args = {"memory": memory, "method": method, "dataset": dataset, "seed": seed, "model": "resnet18", "dim": 128,
-            "epochs": epochs, "image_size": 224}
+            "epochs": epochs, "image_size": 224, "lr": 0.1, "git_commit": str(rng.uniform()), "num_workers": 4,
+            **settings}
     with open(os.path.join(folder, "args.json"), "w") as f:
         json.dump(args, f)
-    curve = rng.uniform(0.5, 1, epochs)
+    curve = rng.uniform(0.5, 1, epochs if trained is None else trained)
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps({"epoch": e + 1, "loss": 1.0, "knn_acc": float(a)}) + "\n" for e, a in enumerate(curve))
     values = {"val.knn_acc.best": curve.max(), "val.knn_acc.last": curve[-1]}
@@ -63,9 +65,8 @@ def tables(tmp_path_factory):
     # a folder whose name lies: its args say NWPU-RESISC45, so it is a fourth NWPU SNCA-CE (MB) run
     values = write_run(root / "a" / "AID-snca-ce-mb-seed9", "snca-ce", "mb", "NWPU-RESISC45", 9, rng)
     generated[("snca-ce", "mb", "NWPU-RESISC45")].append(values)
-    # a run not evaluated yet: it counts in the validation table only
-    values = write_run(root / "b" / "NWPU-RESISC45-snca-mu-seed0", "snca", "mu", "NWPU-RESISC45", 0, rng, 3, False)
-    generated[("snca", "mu", "NWPU-RESISC45")] = [values]
+    # a run not evaluated yet: skipped, not counted
+    write_run(root / "b" / "NWPU-RESISC45-snca-mu-seed0", "snca", "mu", "NWPU-RESISC45", 0, rng, 3, False)
     out = root / "tables"
     done = subprocess.run([sys.executable, MAKE_TABLES, str(root / "a"), str(root / "b"), "--out", str(out)],
                           capture_output=True, text=True, timeout=120)
@@ -96,15 +97,15 @@ def test_csv_holds_mean_sample_std_and_count_per_group_as_numpy(tables):
     assert str(out) in stdout
     with open(out / "tables.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["method", "dataset", "metric", "mean", "std", "n"]
-    names = {**METHODS, ("snca", "mu"): "SNCA (MU)"}
+    assert list(rows[0]) == ["method", "dataset", "metric", "mean", "std", "n", "seeds"]
     expected = {}
     for (method, memory, dataset), runs in generated.items():
         for metric in runs[0]:
             values = np.array([run[metric] for run in runs])
             std = values.std(ddof=1) if len(values) > 1 else np.nan
-            expected[(names[method, memory], dataset, metric)] = (values.mean(), std, len(values))
+            expected[(METHODS[method, memory], dataset, metric)] = (values.mean(), std, len(values))
     got = {(r["method"], r["dataset"], r["metric"]): (float(r["mean"]), float(r["std"]), int(r["n"])) for r in rows}
+    assert {r["seeds"] for r in rows if (r["method"], r["dataset"]) == ("SNCA-CE (MB)", "NWPU-RESISC45")} == {"0 1 2 9"}
     assert got.keys() == expected.keys()
     for key, (mean, std, n) in expected.items():
         # float64 means and sample stds of a few values against numpy's, through the CSV's text (repr: exact)
@@ -119,7 +120,7 @@ def test_markdown_tables_show_percent_cells_rows_in_paper_order_and_seed_counts(
     found = read_markdown(out / "tables.md")
     knn, validation = (next(found[t] for t in found if t.startswith(p)) for p in ("kNN", "Validation"))
     assert list(knn) == ["SNCA-CE (MB)", "SNCA-CE (MU)", "Triplet"]  # the unevaluated SNCA (MU) run is not here
-    assert list(validation) == ["SNCA-CE (MB)", "SNCA-CE (MU)", "SNCA (MU)", "Triplet"]
+    assert list(validation) == ["SNCA-CE (MB)", "SNCA-CE (MU)", "Triplet"]
     for (method, memory, dataset), metric, column, table in [
         (("snca-ce", "mb", "NWPU-RESISC45"), "knn.10.overall", "NWPU-RESISC45 kNN@10 OA", knn),
         (("triplet", "mb", "AID"), "knn.1.average", "AID kNN@1 AA", knn),
@@ -129,9 +130,81 @@ def test_markdown_tables_show_percent_cells_rows_in_paper_order_and_seed_counts(
         row = table[METHODS[method, memory]]
         assert row[column] == f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
         assert row[f"{dataset} n"] == str(len(values))
-    assert validation["SNCA (MU)"]["NWPU-RESISC45 n"] == "1" and validation["SNCA (MU)"]["AID n"] == "0"
+        assert row[f"{dataset} seeds"] == " ".join(map(str, sorted(SEEDS + ((9,) if "NWPU" in column else ()))))
     mean_ap = next(found[t] for t in found if "mean average precision" in t)
     assert {"AID mAP@20", "AID ANMRR", "NWPU-RESISC45 R-prec."} <= set(mean_ap["Triplet"])
+
+
+def test_the_unevaluated_run_is_listed_as_skipped(tables):
+    out, _, stdout = tables
+    folder = "NWPU-RESISC45-snca-mu-seed0"
+    assert any(line.startswith("skipped ") and folder in line and "results.json" in line
+               for line in stdout.splitlines())
+    assert folder in (out / "tables.md").read_text().split("## Skipped runs")[1]
+
+
+def make_tables(*folders, out):
+    done = subprocess.run([sys.executable, MAKE_TABLES, *map(str, folders), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(out / "tables.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "knn.10.overall"]
+    return done, {r["method"]: r for r in rows}
+
+
+def test_runs_differing_in_a_setting_are_separate_rows_named_by_the_difference(tmp_path):
+    """The issue's case: two seed-0 runs, one at 8 px, lr 0.1, 1 epoch, one at 64 px, lr 0.01, 3 epochs."""
+    rng = np.random.default_rng(1)
+    a = write_run(tmp_path / "runs" / "a", "snca-ce", "mb", "RSSCN7", 0, rng, 1, image_size=8, lr=0.1)
+    b = write_run(tmp_path / "runs" / "b", "snca-ce", "mb", "RSSCN7", 0, rng, 3, image_size=64, lr=0.01)
+    done, rows = make_tables(tmp_path / "runs", out=tmp_path / "tables")
+    labels = {"SNCA-CE (MB), epochs=1, image_size=8, lr=0.1": a, "SNCA-CE (MB), epochs=3, image_size=64, lr=0.01": b}
+    assert set(rows) == set(labels)
+    for label, values in labels.items():
+        assert rows[label]["n"] == "1" and rows[label]["seeds"] == "0"
+        assert float(rows[label]["mean"]) == pytest.approx(values["knn.10.overall"], rel=1e-12)
+        assert label in done.stdout
+    assert "2 runs in 2 groups" in done.stdout
+
+
+def test_a_seed_twice_in_a_group_counts_once_with_a_warning(tmp_path):
+    rng = np.random.default_rng(2)
+    # the two names the paper scripts once gave one run; "NWPU-RESISC45-..." sorts first and is the one kept
+    write_run(tmp_path / "runs" / "NWPU-snca-ce-mb-seed0", "snca-ce", "mb", "NWPU-RESISC45", 0, rng)
+    first = write_run(tmp_path / "runs" / "NWPU-RESISC45-snca-ce-mb-seed0", "snca-ce", "mb", "NWPU-RESISC45", 0, rng)
+    other = write_run(tmp_path / "runs" / "seed1", "snca-ce", "mb", "NWPU-RESISC45", 1, rng)
+    done, rows = make_tables(tmp_path / "runs", out=tmp_path / "tables")
+    row = rows["SNCA-CE (MB)"]
+    assert row["n"] == "2" and row["seeds"] == "0 1"
+    values = [first["knn.10.overall"], other["knn.10.overall"]]
+    assert float(row["mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+    warning = [line for line in done.stderr.splitlines() if line.startswith("warning: seed 0")]
+    assert len(warning) == 1
+    assert "NWPU-snca-ce-mb-seed0" in warning[0] and "NWPU-RESISC45-snca-ce-mb-seed0" in warning[0]
+
+
+def test_crashed_unfinished_and_unevaluated_runs_are_skipped_and_a_resumed_run_counts(tmp_path):
+    rng = np.random.default_rng(3)
+    runs = tmp_path / "runs"
+    kept = [write_run(runs / "done", "snca", "mu", "AID", 0, rng, 5)]
+    os.makedirs(runs / "crashed")
+    (runs / "crashed" / "args.json").write_text(json.dumps({"memory": "mu", "method": "snca", "dataset": "AID",
+                                                            "seed": 1, "epochs": 5}))
+    write_run(runs / "unfinished", "snca", "mu", "AID", 2, rng, 5, trained=2)
+    write_run(runs / "unevaluated", "snca", "mu", "AID", 3, rng, 5, evaluated=False)
+    # started for 3 epochs, resumed with --epochs 5: history.jsonl says so, and it joins the 5-epoch group
+    kept.append(write_run(runs / "extended", "snca", "mu", "AID", 4, rng, 3, trained=5))
+    (runs / "extended" / "history.jsonl").write_text(
+        json.dumps({"event": "start"}) + "\n" + json.dumps({"event": "resume", "changed": {"epochs": [3, 5]}}) + "\n")
+    done, rows = make_tables(runs, out=tmp_path / "tables")
+    row = rows["SNCA (MU)"]
+    assert row["n"] == "2" and row["seeds"] == "0 4"
+    assert float(row["mean"]) == pytest.approx(np.mean([v["knn.10.overall"] for v in kept]), rel=1e-12)
+    skipped = {line.split()[1].rstrip(":"): line for line in done.stdout.splitlines() if line.startswith("skipped ")}
+    assert {os.path.basename(k) for k in skipped} == {"crashed", "unfinished", "unevaluated"}
+    reasons = {os.path.basename(k): line for k, line in skipped.items()}
+    assert "0 of 5 epochs" in reasons["crashed"] and "2 of 5 epochs" in reasons["unfinished"]
+    assert "results.json" in reasons["unevaluated"]
 
 
 @pytest.mark.parametrize("name", ["learning_curves.png", "pr_curves.png"])
