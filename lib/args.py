@@ -37,9 +37,10 @@ FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's
 # Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
 LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile")
 # Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment (the
-# split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, --sync-bn, ...): a
-# resume takes it from the checkpoint, and refuses a value that differs.
-MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every")
+# split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, ...): a resume takes
+# it from the checkpoint, and refuses a value that differs. --sync-bn belongs to the process layout, like the
+# number of ranks a run may resume on: with it, any number of ranks normalises as the one process did.
+MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every", "sync_bn")
 
 
 def get_args_parser(memory="mb"):

@@ -31,7 +31,7 @@ from lib.methods import MEMORIES, METHODS
 from lib.parallel import data_parallel, sync_batch_norm, sync_buffers
 from lib.run import open_run_folder
 from lib.schedules import step_lr
-from lib.utils import epoch_seed, seed_everything
+from lib.utils import epoch_seed, process_age, seed_everything
 from models import EmbeddingNet, trunk_weights
 
 # TensorBoard tag -> metric; a metric a method does not have (no memory: no bank kNN) is not logged.
@@ -132,6 +132,9 @@ def train_ranks(args, dist):
 
     # ---------------- epochs: train, validate, log, checkpoint ----------------
     last = os.path.join(folder, "checkpoints", "last.pt")
+    startup_s = process_age()  # the command to here: imports, file check, decoding, model; recorded once
+    if dist.is_main and startup_s is not None:
+        print(f"start-up {startup_s:.1f}s (imports, file check, decoding, model) before the first training step")
     with StopRequest(dist) as stop:
         for epoch in range(start_epoch, args.epochs):
             start = time.time()
@@ -170,7 +173,8 @@ def train_ranks(args, dist):
                 momentum = memory.momentum if memory is not None else None  # the variant's own: MB's alone has one
                 metrics = {"epoch": epoch + 1, **losses, "lr": lr, "memory_momentum": momentum, "knn_acc": knn_acc,
                            "knn_acc_bank": accuracy["bank"], "knn_acc_extracted": accuracy["extracted"],
-                           "best_knn_acc": best_acc, "time_s": time.time() - start}
+                           "best_knn_acc": best_acc, "time_s": time.time() - start,
+                           **({"startup_s": startup_s} if epoch == start_epoch else {})}
                 log.log_epoch(metrics, SCALARS)
                 saved = state(epoch + 1)
                 save_checkpoint(last, saved)

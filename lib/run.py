@@ -18,11 +18,8 @@ import subprocess
 import sys
 import time
 
-from torch.utils.tensorboard import SummaryWriter
-
 from datasets.folder import SPLIT_NAMES
 from errors import InputError
-from lib import plots
 from lib.distributed import on_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +59,16 @@ class RunLog:
         kept = [m for m in self.read_metrics() if m["epoch"] <= done_epochs]
         with open(self.metrics_path, "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in kept)
-        self.tb = SummaryWriter(os.path.join(folder, "tb"), purge_step=done_epochs + 1)
+        self.done_epochs, self._tb = done_epochs, None
+
+    @property
+    def tb(self):
+        """The TensorBoard writer, made at the first scalar: its import (~0.5 s) is not paid before training."""
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(self.folder, "tb"), purge_step=self.done_epochs + 1)
+        return self._tb
 
     def read_metrics(self):
         if not os.path.exists(self.metrics_path):
@@ -113,8 +119,11 @@ class RunLog:
 
     def close(self):
         """Flush TensorBoard and draw ``learning_curve.png`` from metrics.jsonl."""
-        self.tb.close()
+        if self._tb is not None:
+            self._tb.close()
         if metrics := self.read_metrics():
+            from lib import plots  # matplotlib (~0.6 s to import) only when the curve is drawn
+
             plots.save(plots.learning_curve(metrics, os.path.basename(os.path.normpath(self.folder))),
                        os.path.join(self.folder, "learning_curve.png"))
 

@@ -4,7 +4,9 @@ Every epoch reseeds python, numpy, torch and the shuffle from (``--seed``, epoch
 random draws (shuffle order, augmentations) do not depend on what ran before it. Loader workers only
 decode images, which draws nothing at random.
 """
+import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -40,3 +42,15 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def process_age():
+    """Seconds since this process started (Linux: /proc), or None where that is not known."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, after the command name
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return time.time() - (boot + started_ticks / os.sysconf("SC_CLK_TCK"))
