@@ -85,6 +85,14 @@ def entry_runs(image_tree, tmp_path_factory):
     return get
 
 
+WALL_CLOCK = ("time_s", "startup_s")  # seconds measured by the clock: differ between any two runs
+
+
+def untimed(lines):
+    """Metrics lines without the wall-clock fields, for comparing two runs of the same computation."""
+    return [{k: v for k, v in m.items() if k not in WALL_CLOCK} for m in lines]
+
+
 def copy_run(folder, to):
     """A copy of a run folder, to resume or change without touching the shared one."""
     import shutil
