@@ -1,5 +1,12 @@
 """Shared test helpers: tests make their own small data in temporary folders."""
+import contextlib
+import io
 import os
+import runpy
+import subprocess
+import sys
+import traceback
+import warnings
 
 import numpy as np
 import pytest
@@ -11,6 +18,48 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses whose runs are compared bit for bit sum with a fixed number of threads, whatever the machine
 # or its load (OpenMP's default follows the cores, and a reduction's order follows the threads).
 FIXED_THREADS = dict(os.environ, OMP_NUM_THREADS="2")
+# A fresh interpreter's warning filters (Python's defaults): what a script run in this process sees, instead of
+# pytest's "error" filter.
+FRESH_WARNINGS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                  ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                  ("ignore", ResourceWarning, None)]
+
+
+def run_script(script, *argv, cwd=None, threads=2):
+    """``python script *argv`` run from ``cwd`` (or here) inside this process, as the command line would run it (its
+    ``__main__``, ``sys.argv``, working directory, exit status, stdout and stderr, 2 threads as FIXED_THREADS),
+    returned as ``subprocess.run(..., capture_output=True, text=True)`` would. It saves the interpreter's start
+    and the imports, seconds a run. Tests of what only a separate process shows (--help before torch is imported,
+    signals, torchrun, torch.compile) start one."""
+    import torch
+
+    argv = [str(a) for a in argv]
+    saved = sys.argv, sys.path[:], os.getcwd(), torch.get_num_threads()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    try:
+        sys.argv, sys.path[0:0] = [script, *argv], [os.path.dirname(os.path.abspath(script))]
+        os.chdir(cwd or saved[2])
+        torch.set_num_threads(threads)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(FRESH_WARNINGS):
+                warnings.filterwarnings(action, category=category, module=module or "")
+            try:
+                runpy.run_path(script, run_name="__main__")
+            except SystemExit as stop:  # as the interpreter ends: a message goes to stderr and means status 1
+                if isinstance(stop.code, int) or stop.code is None:
+                    code = stop.code or 0
+                else:
+                    print(stop.code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        os.chdir(saved[2])
+        torch.set_num_threads(saved[3])
+    return subprocess.CompletedProcess([sys.executable, script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def make_image_tree(root, classes=4, per_class=12, size=32, ext="png"):

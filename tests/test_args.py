@@ -18,7 +18,7 @@ from lib.engine import NonFiniteError
 from lib.flags import COUNT, Range
 from lib.run import resume_line
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 # Every option string of the authors' two parsers (train_SNCA_CE/main.py and train_SNCA_CE_MC/main.py of
 # github.com/jiankang1991/SNCA_CE), a value, and what it sets there: (destination, value).
@@ -121,9 +121,9 @@ def test_ranges_name_their_kind():
 @pytest.mark.slow  # starts entry points or trains a network
 @pytest.mark.parametrize("script", ["train_SNCA_CE/main.py", "train_SNCA_CE_MC/main.py", "scripts/check_dataset.py",
                                     "scripts/make_tables.py", "scripts/evaluate.py", "scripts/retrieve.py"])
-def test_help_states_each_default_once(script):
-    done = subprocess.run([sys.executable, os.path.join(REPO, script), "--help"], capture_output=True, text=True,
-                          timeout=120, env=dict(os.environ, COLUMNS="1000"))  # one line per flag
+def test_help_states_each_default_once(script, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per flag
+    done = run_script(os.path.join(REPO, script), "--help")
     assert done.returncode == 0, done.stderr
     assert "(default: None)" not in done.stdout
     assert not [line for line in done.stdout.splitlines() if line.count("default") > 1 and "(default:" in line]
@@ -184,8 +184,7 @@ def test_the_resume_line_says_where_training_continues():
 def trained(image_tree, tmp_path_factory):
     """A one-epoch MB run at --lr 0.01 -b 16 on the tiny dataset: (its folder, the folder of runs)."""
     out = tmp_path_factory.mktemp("runs")
-    done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, str(out), epochs=1)],
-                          capture_output=True, text=True, timeout=600)
+    done = run_script(SCRIPTS["mb"], *small_run("mb", image_tree, str(out), epochs=1), cwd=out)
     assert done.returncode == 0, done.stderr
     return str(out / "run"), str(out)
 
@@ -254,8 +253,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
     before = tree(tmp_path), tree(out), tree(image_tree)
     for script, flags, needles in cases:
         path = SCRIPTS[script] if script in SCRIPTS else os.path.join(REPO, "scripts", f"{script}.py")
-        done = subprocess.run([sys.executable, path, *flags], capture_output=True, text=True, cwd=tmp_path,
-                              timeout=300)
+        done = run_script(path, *flags, cwd=tmp_path)
         assert done.returncode != 0 and done.stdout == "", (flags, done.stdout)
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), (flags, done.stderr)
         for needle in needles:
@@ -267,8 +265,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
 def test_a_resume_extends_the_run_keeps_args_json_and_appends_history(trained, tmp_path):
     folder = shutil.copytree(trained[0], tmp_path / "run")
     args_json = (folder / "args.json").read_bytes()
-    done = subprocess.run([sys.executable, SCRIPTS["mb"], "--resume", str(folder), "--epochs", "2", "--num_workers",
-                           "0"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    done = run_script(SCRIPTS["mb"], "--resume", folder, "--epochs", "2", "--num_workers", "0", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"resumed {folder / 'checkpoints' / 'last.pt'}: 1 epochs done, continuing with epoch 2/2" in done.stdout
     assert "epoch 2/2" in done.stdout and "epoch 1/2" not in done.stdout

@@ -4,8 +4,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from datasets.check import check_dataset
 from datasets.folder import to_rgb
 from datasets.presets import dataset_root
 
-from conftest import REPO, make_image_tree
+from conftest import REPO, make_image_tree, run_script
 
 CHECK = os.path.join(REPO, "scripts", "check_dataset.py")
 
@@ -156,8 +154,8 @@ def test_sixteen_bit_is_scaled_not_clipped(mode, tmp_path):
 def test_check_dataset_script_reports_and_exits_1_on_bad_files(bad_tree, tmp_path):
     root, _, _ = bad_tree
     report = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, CHECK, "--data", os.path.dirname(root), "--dataset", "ds", "--imgEXT",
-                           "png", "--json", str(report)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = run_script(CHECK, "--data", os.path.dirname(root), "--dataset", "ds", "--imgEXT", "png", "--json", report,
+                      cwd=tmp_path)
     assert done.returncode == 1, done.stderr
     assert "unreadable: 2" in done.stdout and "empty-file: 1" in done.stdout
     assert "leak: 3" in done.stdout or "duplicate: 3" in done.stdout
@@ -169,8 +167,7 @@ def test_check_dataset_script_reports_and_exits_1_on_bad_files(bad_tree, tmp_pat
 
 @pytest.mark.slow
 def test_check_dataset_script_exits_0_on_a_clean_dataset(image_tree, tmp_path):
-    done = subprocess.run([sys.executable, CHECK, "--data", image_tree, "--dataset", "tiny", "--imgEXT", "png"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = run_script(CHECK, "--data", image_tree, "--dataset", "tiny", "--imgEXT", "png", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "no problems found" in done.stdout and done.stdout.splitlines()[-2].split() == ["total", "32", "4", "12"]
 

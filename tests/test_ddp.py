@@ -30,7 +30,7 @@ from lib.parallel import data_parallel, sync_batch_norm
 from lib.program import check_world
 from models import EmbeddingNet
 
-from conftest import REPO, make_image_tree
+from conftest import REPO, make_image_tree, run_script
 
 CPU = torch.device("cpu")
 LOSSES = ("loss", "loss_snca", "loss_ce")
@@ -49,11 +49,14 @@ def one_thread():
     return dict(os.environ, OMP_NUM_THREADS="1")
 
 
-def launch(method, *flags, ranks=2, cwd):
-    """An entry point under torchrun with ``ranks`` processes, or (ranks=1) as a plain one-thread process."""
+def launch(method, *flags, ranks=2, cwd, script=None):
+    """An entry point (or ``script``) under torchrun with ``ranks`` processes, or (ranks=1) run on one thread."""
+    script = script or SCRIPTS[method]
+    if ranks == 1:
+        return run_script(script, *flags, cwd=cwd, threads=1)
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port())]
-    command = [sys.executable, *(launcher if ranks > 1 else ()), SCRIPTS[method], *flags]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S, env=one_thread())
+    return subprocess.run([sys.executable, *launcher, script, *flags], cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, env=one_thread())
 
 
 def flags(data, out, *extra, epochs=2, run_name="run"):
@@ -140,10 +143,8 @@ def test_evaluation_on_two_ranks_equals_one_process(two_runs):
     folders = {ranks: str(tmp / "evaluated" / str(ranks)) for ranks in (1, 2)}
     for ranks, folder in folders.items():
         shutil.copytree(two_runs["one"], folder)
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
-        done = subprocess.run([sys.executable, *(launcher if ranks > 1 else ()), EVALUATE, folder, "--device", "cpu",
-                               "--num_workers", "0", "--tsne-points", "12"], cwd=tmp, capture_output=True, text=True,
-                              timeout=TIMEOUT_S, env=one_thread())
+        done = launch(None, folder, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", ranks=ranks,
+                      cwd=tmp, script=EVALUATE)
         assert done.returncode == 0, done.stderr
         assert done.stdout.count("wrote ") == 1  # rank 0 alone writes
     out = {ranks: os.path.join(folder, "eval", "test") for ranks, folder in folders.items()}

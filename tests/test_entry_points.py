@@ -2,15 +2,13 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FIXED_THREADS, REPO, copy_run, untimed
+from conftest import REPO, copy_run, run_script, untimed
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -21,9 +19,8 @@ TAGS = {"train/loss", "train/loss_snca", "train/loss_ce", "train/lr", "val/knn_a
 
 
 def run(method, *flags, cwd):
-    """Run an entry point from ``cwd`` (not the repository) and return the completed process."""
-    return subprocess.run([sys.executable, SCRIPTS[method], *flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env=FIXED_THREADS)
+    """Run an entry point from ``cwd`` (not the repository), in this process, and return the completed process."""
+    return run_script(SCRIPTS[method], *flags, cwd=cwd)
 
 
 def small_run(method, data, out, *extra, epochs=2, run_name="run"):

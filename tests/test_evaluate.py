@@ -5,8 +5,6 @@ import itertools
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from test_entry_points import SCRIPTS, small_run
 
 from models import EmbeddingNet
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 pytestmark = pytest.mark.slow  # every test here trains a network
 
@@ -40,16 +38,14 @@ def load(path):
 @pytest.fixture(scope="module")
 def trained(image_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs"))
-    done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "--seed", "3")],
-                          capture_output=True, text=True, timeout=600)
+    done = run_script(SCRIPTS["mb"], *small_run("mb", image_tree, out, "--seed", "3"), cwd=out)
     assert done.returncode == 0, done.stderr
     return os.path.join(out, "run")
 
 
 @pytest.fixture(scope="module")
 def evaluated(trained):
-    done = subprocess.run([sys.executable, EVALUATE, trained, "--device", "cpu", "--num_workers", "0",
-                           "--tsne-points", "12"], capture_output=True, text=True, timeout=600)
+    done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", cwd=trained)
     assert done.returncode == 0, done.stderr
     assert "test: kNN OA@1/5/10" in done.stdout
     return os.path.join(trained, "eval", "test")
@@ -232,9 +228,8 @@ def test_figures_are_written(evaluated, figure):
 def test_tensorboard_gets_the_confusion_matrix_and_the_projector_once_per_evaluation(trained, evaluated):
     """A re-run (the run given as --checkpoint PATH, as scripts/retrieve.py takes it) replaces tb/eval_test/."""
     results = json.loads(Path(evaluated, "results.json").read_text())
-    done = subprocess.run([sys.executable, EVALUATE, "--checkpoint", os.path.join(trained, "checkpoints", "best.pt"),
-                           "--device", "cpu", "--num_workers", "0", "--tsne-points", "12"], capture_output=True,
-                          text=True, timeout=600)
+    done = run_script(EVALUATE, "--checkpoint", os.path.join(trained, "checkpoints", "best.pt"), "--device", "cpu",
+                      "--num_workers", "0", "--tsne-points", "12")
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stdout + done.stderr
     assert json.loads(Path(evaluated, "results.json").read_text()) == results
@@ -250,8 +245,7 @@ def test_retrieve_finds_the_query_itself_and_refreshes_its_cache(trained, image_
     files = sorted(gallery.rglob("*.png"))
     query = files[5]
     flags = ["--checkpoint", trained, "--gallery", str(gallery), "--device", "cpu", "--k", "4"]
-    done = subprocess.run([sys.executable, RETRIEVE, *flags, "--query", str(query), "--html", str(tmp_path / "p.html")],
-                          capture_output=True, text=True, timeout=300)
+    done = run_script(RETRIEVE, *flags, "--query", query, "--html", tmp_path / "p.html")
     assert done.returncode == 0, done.stderr
     ranked = [line.split() for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
     assert len(ranked) == 4 and ranked[0][2] == str(query) and float(ranked[0][1]) == pytest.approx(1, abs=1e-5)
@@ -260,8 +254,7 @@ def test_retrieve_finds_the_query_itself_and_refreshes_its_cache(trained, image_
 
     files[0].unlink()  # one image gone, one changed: only the changed one is embedded again
     load(files[1]).rotate(90).save(files[1])
-    done = subprocess.run([sys.executable, RETRIEVE, *flags, "--query", str(query), "--k", "1000"],
-                          capture_output=True, text=True, timeout=300)
+    done = run_script(RETRIEVE, *flags, "--query", query, "--k", "1000")
     assert done.returncode == 0, done.stderr
     assert "embedded 1 new or changed" in done.stderr
     listed = [line.split()[2] for line in done.stdout.splitlines() if line[:4].strip().isdigit()]

@@ -18,7 +18,7 @@ from lib.interrupt import TrainingInterrupted
 from lib.utils import rng_state, seed_everything, set_rng_state
 from models import EmbeddingNet
 
-from conftest import FIXED_THREADS
+from conftest import FIXED_THREADS, run_script
 
 CPU = torch.device("cpu")
 
@@ -84,9 +84,7 @@ def test_an_epoch_stopped_and_continued_equals_an_epoch_that_never_stopped():
 @pytest.fixture(scope="module")
 def straight_run(image_tree, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs"))
-    done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4,
-                                                                     run_name="straight")],
-                          capture_output=True, text=True, timeout=600, env=FIXED_THREADS)
+    done = run_script(SCRIPTS["mb"], *small_run("mb", image_tree, out, "-b", "4", epochs=4, run_name="straight"))
     assert done.returncode == 0, done.stderr
     return metrics(os.path.join(out, "straight"))
 
@@ -115,8 +113,7 @@ def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight
         assert process.returncode == 128 + sig, stderr
         assert f"stopped by {sig.name}" in stderr and "--resume" in stderr and "Traceback" not in stderr
         resume = folder
-    resumed = subprocess.run([sys.executable, SCRIPTS["mb"], *flags, "--resume", resume], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=600, env=FIXED_THREADS)
+    resumed = run_script(SCRIPTS["mb"], *flags, "--resume", resume, cwd=tmp_path)  # the same 2 threads
     assert resumed.returncode == 0, resumed.stderr
     keys = ("loss", "loss_snca", "loss_ce", "knn_acc_bank", "knn_acc_extracted")
     assert [[m[k] for k in keys] for m in straight_run] == [[m[k] for k in keys] for m in metrics(folder)]

@@ -4,13 +4,12 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 MAKE_TABLES = os.path.join(REPO, "scripts", "make_tables.py")
 DATASETS = ("AID", "NWPU-RESISC45")
@@ -68,8 +67,7 @@ def tables(tmp_path_factory):
     # a run not evaluated yet: skipped, not counted
     write_run(root / "b" / "NWPU-RESISC45-snca-mu-seed0", "snca", "mu", "NWPU-RESISC45", 0, rng, 3, False)
     out = root / "tables"
-    done = subprocess.run([sys.executable, MAKE_TABLES, str(root / "a"), str(root / "b"), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = run_script(MAKE_TABLES, root / "a", root / "b", "--out", out)
     assert done.returncode == 0, done.stderr
     return out, generated, done.stdout
 
@@ -144,8 +142,7 @@ def test_the_unevaluated_run_is_listed_as_skipped(tables):
 
 
 def make_tables(*folders, out):
-    done = subprocess.run([sys.executable, MAKE_TABLES, *map(str, folders), "--out", str(out)], capture_output=True,
-                          text=True, timeout=120)
+    done = run_script(MAKE_TABLES, *folders, "--out", out)
     assert done.returncode == 0, done.stderr
     with open(out / "tables.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["metric"] == "knn.10.overall"]

@@ -3,8 +3,6 @@ both entry points, evaluation and retrieval, and the parts against independent o
 the ImageNet layer on a grey RGB image, flips and rotations written with numpy)."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,7 @@ from lib.errors import InputError
 from models import EmbeddingNet
 from models.embedding_net import adapt_first_conv
 
-from conftest import REPO
+from conftest import REPO, run_script
 
 EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 RETRIEVE = os.path.join(REPO, "scripts", "retrieve.py")
@@ -56,8 +54,7 @@ def band_data(tmp_path_factory):
 
 
 def run(method, *flags, cwd):
-    return subprocess.run([sys.executable, SCRIPTS[method], *flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return run_script(SCRIPTS[method], *flags, cwd=cwd)
 
 
 def small(data, dataset, out, run_name, epochs, *extra):
@@ -196,8 +193,7 @@ def test_a_file_with_another_band_count_or_dtype_is_refused_by_name(band_data, t
     assert report["bands"] == "4 x uint16" and sorted(report["bad"]) == sorted([str(odd_count), str(odd_dtype)])
     assert {(k, p) for k, p, _ in report["problems"]} >= {("bands", str(odd_count)), ("bands", str(odd_dtype))}
 
-    script = subprocess.run([sys.executable, CHECK, "--data", str(data), "--dataset", "odd", "--bands", "all"],
-                            capture_output=True, text=True, timeout=120)
+    script = run_script(CHECK, "--data", data, "--dataset", "odd", "--bands", "all")
     assert script.returncode == 1
     assert "five.tif (5 x uint16" in script.stdout and "float.tif (4 x float32" in script.stdout
     done = run("mb", *small(str(data), "odd", str(tmp_path / "runs"), "r", 1), cwd=tmp_path)
@@ -213,8 +209,7 @@ def test_a_file_with_another_band_count_or_dtype_is_refused_by_name(band_data, t
 @pytest.mark.slow
 def test_evaluate_retrieve_and_make_tables_on_a_13_band_run(runs, band_data, tmp_path):
     folder = os.path.join(runs["out"], "mb-straight")
-    done = subprocess.run([sys.executable, EVALUATE, folder, "--device", "cpu", "--num_workers", "0",
-                           "--tsne-points", "6"], capture_output=True, text=True, timeout=600)
+    done = run_script(EVALUATE, folder, "--device", "cpu", "--num_workers", "0", "--tsne-points", "6")
     assert done.returncode == 0, done.stderr
     out = Path(folder, "eval", "test")
     assert all((out / name).stat().st_size > 0 for name in ("results.json", "retrieval_examples.png", "tsne.png"))
@@ -236,15 +231,13 @@ def test_evaluate_retrieve_and_make_tables_on_a_13_band_run(runs, band_data, tmp
 
     query = os.path.join(band_data, "ms13", saved["query_paths"][0])
     page = tmp_path / "page.html"
-    done = subprocess.run([sys.executable, RETRIEVE, "--checkpoint", folder, "--gallery",
-                           os.path.join(band_data, "ms13"), "--query", query, "--k", "3", "--device", "cpu",
-                           "--html", str(page)], capture_output=True, text=True, timeout=300)
+    done = run_script(RETRIEVE, "--checkpoint", folder, "--gallery", os.path.join(band_data, "ms13"), "--query", query,
+                      "--k", "3", "--device", "cpu", "--html", page)
     assert done.returncode == 0, done.stderr
     ranked = [line.split() for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
     assert query in [r[2] for r in ranked] and page.read_text().count("data:image/jpeg;base64,") == 4
 
-    tables = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "make_tables.py"), folder, "--out",
-                             str(tmp_path / "tables")], capture_output=True, text=True, timeout=300)
+    tables = run_script(os.path.join(REPO, "scripts", "make_tables.py"), folder, "--out", tmp_path / "tables")
     assert tables.returncode == 0, tables.stderr
     assert "SNCA-CE" in (tmp_path / "tables" / "tables.md").read_text()
 

@@ -27,7 +27,7 @@ from lib.robustness import D4, transform
 from models import EmbeddingNet
 from scripts.make_tables import TRANSFORMS
 
-from conftest import REPO, make_image_tree
+from conftest import REPO, make_image_tree, run_script
 
 EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 CLASSES, PER_CLASS = 6, 6  # int(0.8 x 6) = 4 seen classes (4 train, 2 val images each), 2 unseen (12 test images)
@@ -38,16 +38,13 @@ def unseen_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     make_image_tree(os.path.join(data, "tiny"), classes=CLASSES, per_class=PER_CLASS)
     out = str(tmp_path_factory.mktemp("runs"))
-    done = subprocess.run([sys.executable, SCRIPTS["mb"], *small_run("mb", str(data), out, "--split", "unseen",
-                                                                     epochs=1)],
-                          capture_output=True, text=True, timeout=600)
+    done = run_script(SCRIPTS["mb"], *small_run("mb", str(data), out, "--split", "unseen", epochs=1), cwd=out)
     assert done.returncode == 0, done.stderr
     return os.path.join(out, "run"), os.path.join(data, "tiny")
 
 
 def evaluate(run, *flags):
-    done = subprocess.run([sys.executable, EVALUATE, run, "--device", "cpu", "--num_workers", "0", "--tsne-points",
-                           "12", *flags], capture_output=True, text=True, timeout=600)
+    done = run_script(EVALUATE, run, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", *flags, cwd=run)
     assert done.returncode == 0, done.stderr
     return done.stdout
 

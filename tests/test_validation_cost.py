@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FIXED_THREADS, REPO
+from conftest import REPO, run_script
 
 MB = os.path.join(REPO, "train_SNCA_CE", "main.py")
 
@@ -17,7 +17,7 @@ def train(data, out, name, *extra):
     flags = ["--data", data, "--dataset", "tiny", "--imgEXT", "png", "--image-size", "32", "-b", "16",
              "--num_workers", "0", "--pretrained", "none", "--epochs", "3", "--lr", "0.01", "--out", out,
              "--run-name", name, *extra]
-    done = subprocess.run([sys.executable, MB, *flags], capture_output=True, text=True, timeout=600, env=FIXED_THREADS)
+    done = run_script(MB, *flags)
     assert done.returncode == 0, done.stderr
     folder = os.path.join(out, name)
     with open(os.path.join(folder, "metrics.jsonl")) as f:
