@@ -1,10 +1,15 @@
 """Shared test helpers: tests make their own small data in temporary folders."""
 import contextlib
 import io
+import json
+import multiprocessing
 import os
 import runpy
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import traceback
 import warnings
 
@@ -29,18 +34,26 @@ def run_script(script, *argv, cwd=None, threads=2):
     """``python script *argv`` run from ``cwd`` (or here) inside this process, as the command line would run it (its
     ``__main__``, ``sys.argv``, working directory, exit status, stdout and stderr, 2 threads as FIXED_THREADS),
     returned as ``subprocess.run(..., capture_output=True, text=True)`` would. It saves the interpreter's start
-    and the imports, seconds a run. Tests of what only a separate process shows (--help before torch is imported,
-    signals, torchrun, torch.compile) start one."""
+    and the imports, seconds a run. What only a separate process shows (--help before torch is imported, a
+    signal, torchrun, torch.compile) runs in one (``start_script``, ``run_ranks`` or a subprocess)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = _as_main(script, [str(a) for a in argv], cwd, threads)
+    return subprocess.CompletedProcess([sys.executable, script, *map(str, argv)], code, out.getvalue(),
+                                       err.getvalue())
+
+
+def _as_main(script, argv, cwd, threads):
+    """Run ``script`` as ``__main__`` with ``argv`` from ``cwd`` on ``threads`` threads, with a fresh interpreter's
+    warning filters, writing to the current sys.stdout and sys.stderr; return its exit status. All is restored."""
     import torch
 
-    argv = [str(a) for a in argv]
     saved = sys.argv, sys.path[:], os.getcwd(), torch.get_num_threads()
-    out, err, code = io.StringIO(), io.StringIO(), 0
     try:
         sys.argv, sys.path[0:0] = [script, *argv], [os.path.dirname(os.path.abspath(script))]
         os.chdir(cwd or saved[2])
         torch.set_num_threads(threads)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.resetwarnings()
             for action, category, module in reversed(FRESH_WARNINGS):
                 warnings.filterwarnings(action, category=category, module=module or "")
@@ -48,18 +61,132 @@ def run_script(script, *argv, cwd=None, threads=2):
                 runpy.run_path(script, run_name="__main__")
             except SystemExit as stop:  # as the interpreter ends: a message goes to stderr and means status 1
                 if isinstance(stop.code, int) or stop.code is None:
-                    code = stop.code or 0
-                else:
-                    print(stop.code, file=sys.stderr)
-                    code = 1
+                    return stop.code or 0
+                print(stop.code, file=sys.stderr)
+                return 1
             except Exception:
                 traceback.print_exc()
-                code = 1
+                return 1
+            return 0
     finally:
         sys.argv, sys.path[:] = saved[0], saved[1]
         os.chdir(saved[2])
         torch.set_num_threads(saved[3])
-    return subprocess.CompletedProcess([sys.executable, script, *argv], code, out.getvalue(), err.getvalue())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fork_server():
+    """The multiprocessing context whose processes fork from a server that imported the training code once:
+    a rank starts in milliseconds instead of importing torch, torchvision and the code for seconds, and
+    forks from a process that has run no thread (so OpenMP works in it)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lib.program", "test_distributed", "test_ddp"])
+    return context
+
+
+def _rank(rank, world, port, script, argv, cwd, out_dir):
+    """One rank of ``run_ranks``: torchrun's environment for it, the script on one thread, its output saved."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                      GROUP_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    done = run_script(script, *argv, cwd=cwd, threads=1)
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump([done.returncode, done.stdout, done.stderr], f)
+    sys.exit(done.returncode)
+
+
+def _streamed(script, argv, cwd, threads, folder):
+    """The process of ``start_script``: the script with its stdout and stderr line-buffered into files."""
+    with open(os.path.join(folder, "stdout"), "w", buffering=1) as out, \
+            open(os.path.join(folder, "stderr"), "w", buffering=1) as err:
+        sys.stdout, sys.stderr = out, err
+        code = _as_main(script, argv, cwd, threads)
+    sys.exit(code)
+
+
+class Started:
+    """``start_script``'s running script: ``wait_for_line``, ``send_signal``, ``wait`` (as Popen's, whose
+    returncode is -N after signal N)."""
+
+    def __init__(self, script, argv, cwd, threads):
+        self.folder, self.args = tempfile.mkdtemp(), [sys.executable, script, *argv]
+        self.process = fork_server().Process(target=_streamed, args=(script, argv, cwd, threads, self.folder))
+        self.process.start()
+
+    def output(self, name):
+        with open(os.path.join(self.folder, name)) as f:
+            return f.read()
+
+    def wait_for_line(self, prefix, timeout_s=600):
+        deadline = time.monotonic() + timeout_s
+        while self.process.is_alive() and time.monotonic() < deadline:
+            if os.path.exists(os.path.join(self.folder, "stdout")) and any(
+                    line.startswith(prefix) for line in self.output("stdout").splitlines()):
+                return
+            time.sleep(0.02)
+        pytest.fail(f"no line starting {prefix!r} in {timeout_s} s: {self.output('stderr')}")
+
+    def send_signal(self, sig):
+        os.kill(self.process.pid, sig)
+
+    def wait(self, timeout_s=600):
+        self.process.join(timeout_s)
+        if self.process.is_alive():
+            self.process.kill()
+            pytest.fail(f"{self.args} did not end in {timeout_s} s")
+        return subprocess.CompletedProcess(self.args, self.process.exitcode, self.output("stdout"),
+                                           self.output("stderr"))
+
+
+def start_script(script, *argv, cwd=None, threads=2):
+    """``python script *argv`` started in a process of its own, as Popen would start it, forked from
+    ``fork_server`` (no seconds of imports): for the tests that signal a running script."""
+    return Started(script, [str(a) for a in argv], cwd, threads)
+
+
+def run_ranks(script, *argv, ranks=2, cwd=None, timeout_s=300):
+    """``torchrun --nproc_per_node ranks script *argv`` from ``cwd``, as torchrun sets each worker up (RANK,
+    LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT, OMP_NUM_THREADS=1), with the ranks started from ``fork_server``.
+    Returned as ``subprocess.run`` would: the ranks' stdout and stderr in rank order, the first failing rank's
+    status; when a rank fails the others are stopped, as torchrun stops them. The test of torchrun's own part
+    (passing a scheduler's signal to every rank) launches torchrun itself (tests/test_ddp.py)."""
+    context, port, out_dir = fork_server(), free_port(), tempfile.mkdtemp()
+    argv = [str(a) for a in argv]
+    processes = [context.Process(target=_rank, args=(rank, ranks, port, script, argv, cwd, out_dir))
+                 for rank in range(ranks)]
+    for process in processes:
+        process.start()
+    deadline = time.monotonic() + timeout_s
+
+    def failed():
+        return any(p.exitcode not in (None, 0) for p in processes)
+
+    while any(p.is_alive() for p in processes) and not failed() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for p in processes:
+        p.join(timeout=5 if failed() else 0)  # a few seconds for the other ranks to say why and end
+    hung = [p for p in processes if p.is_alive()]
+    timed_out = hung and not failed()
+    for p in hung:
+        p.kill()
+    if timed_out:
+        pytest.fail(f"{script} on {ranks} ranks did not finish in {timeout_s} s")
+    results = []
+    for rank, process in enumerate(processes):
+        process.join()
+        path = os.path.join(out_dir, f"rank{rank}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results.append(json.load(f))
+        else:
+            results.append([process.exitcode or 1, "", f"rank {rank} ended with status {process.exitcode}\n"])
+    code = next((c for c, _, _ in results if c), 0)
+    return subprocess.CompletedProcess(["torchrun", f"--nproc_per_node={ranks}", script, *argv], code,
+                                       "".join(r[1] for r in results), "".join(r[2] for r in results))
 
 
 def make_image_tree(root, classes=4, per_class=12, size=32, ext="png"):
@@ -81,11 +208,12 @@ def image_tree(tmp_path_factory):
 
 
 
-def float32_error_bound(batch, dim, temperature, terms):
-    """How far the SNCA loss computed in float32 from unit float32 features and memory may be from float64
-    arithmetic on the same inputs: (loss error relative to max(1, loss), absolute gradient error).
+def float32_error_bound(batch, dim, temperature, terms, norm=1.0):
+    """How far the SNCA loss computed in float32 from float32 features and memory whose norms multiply to at most
+    ``norm`` (1 for unit vectors) may be from float64 arithmetic on the same inputs: (loss error relative to
+    max(1, loss), absolute gradient error).
 
-    A logit f.m / T is a dot product of ``dim`` terms, off by at most eps_s = (gamma_dim + u) / T (|f| |m| <= 1).
+    A logit f.m / T is a dot product of ``dim`` terms, off by at most eps_s = (gamma_dim + u) |f| |m| / T.
     A log-sum-exp over the memory is then off by eps_s plus the relative error of a float32 sum of ``terms``
     positive exponentials (a block's sum, then the running sum over blocks), for which we use the probabilistic
     bound of Higham and Mary (SIAM J. Sci. Comput. 2019): lambda sqrt(n) u, exceeded with probability below
@@ -96,7 +224,7 @@ def float32_error_bound(batch, dim, temperature, terms):
     relatively, and the weighted sum of ``terms`` products adds one more sum error: 2 / (B T) (2 eps_s + 2 sum).
     """
     unit = 2.0**-24
-    eps_s = (dim * unit / (1 - dim * unit) + unit) / temperature
+    eps_s = (dim * unit / (1 - dim * unit) + unit) * norm / temperature
     summed = 7 * terms**0.5 * unit
     gamma_batch = batch * unit / (1 - batch * unit)
     return 2 * (eps_s + summed) + gamma_batch, 2 / (batch * temperature) * (2 * eps_s + 2 * summed)

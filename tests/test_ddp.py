@@ -1,7 +1,9 @@
 """Training under torchrun on two CPU processes (Gloo) against one process doing the same work.
 
-The entry points run under ``python -m torch.distributed.run`` (torchrun) on generated data; finer
-checks spawn two workers that call the training loop directly. One process runs with one thread, as
+The entry points run on two ranks set up as torchrun sets up its workers (``conftest.run_ranks``: the ranks fork
+from a server that imported the code once, instead of each importing it for seconds), and under torchrun itself
+where torchrun's own part is tested (a scheduler's SIGTERM); finer checks spawn two workers that call the
+training loop directly. One process runs with one thread, as
 each torchrun worker does, so that both sum in the same order wherever they can. Warnings are errors
 in the spawned workers too.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from old_loop_call import train_one_epoch
-from test_distributed import free_port, join_ranks, spawn
+from test_distributed import join_ranks, spawn
 from test_entry_points import SCRIPTS, metrics, small_run
 
 from datasets import DecodingBatches, TensorBatches
@@ -30,7 +32,7 @@ from lib.parallel import data_parallel, sync_batch_norm
 from lib.program import check_world
 from models import EmbeddingNet
 
-from conftest import REPO, make_image_tree, run_script
+from conftest import REPO, free_port, make_image_tree, run_ranks, run_script
 
 CPU = torch.device("cpu")
 LOSSES = ("loss", "loss_snca", "loss_ce")
@@ -50,13 +52,20 @@ def one_thread():
 
 
 def launch(method, *flags, ranks=2, cwd, script=None):
-    """An entry point (or ``script``) under torchrun with ``ranks`` processes, or (ranks=1) run on one thread."""
+    """An entry point (or ``script``) on ``ranks`` processes set up as torchrun sets its workers up
+    (``conftest.run_ranks``), or (ranks=1) run on one thread."""
     script = script or SCRIPTS[method]
     if ranks == 1:
         return run_script(script, *flags, cwd=cwd, threads=1)
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port())]
-    return subprocess.run([sys.executable, *launcher, script, *flags], cwd=cwd, capture_output=True, text=True,
-                          timeout=TIMEOUT_S, env=one_thread())
+    return run_ranks(script, *flags, ranks=ranks, cwd=cwd, timeout_s=TIMEOUT_S)
+
+
+def torchrun(*flags, cwd):
+    """``torchrun --nproc_per_node 2`` itself, as a user starts it (its own process, one thread per worker)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), SCRIPTS["mb"], *flags]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=one_thread())
 
 
 def flags(data, out, *extra, epochs=2, run_name="run"):
@@ -180,10 +189,7 @@ def test_sigterm_to_torchrun_stops_all_ranks_and_the_run_resumes(two_runs, image
     the straight 2-epoch run."""
     tmp = two_runs["tmp"]
     run_flags = flags(image_tree, str(tmp / "stopped"), "--sync-bn", epochs=3, run_name="stopped")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), SCRIPTS["mb"], *run_flags]
-    with subprocess.Popen(command, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=one_thread()) as process:
+    with torchrun(*run_flags, cwd=tmp) as process:
         for line in process.stdout:
             if line.startswith("epoch 1/3"):
                 process.send_signal(signal.SIGTERM)
@@ -192,9 +198,10 @@ def test_sigterm_to_torchrun_stops_all_ranks_and_the_run_resumes(two_runs, image
     assert process.returncode != 0 and stderr.count("stopped by SIGTERM") == 1, stderr  # said by rank 0 alone
     folder = str(tmp / "stopped" / "stopped")
     assert 1 <= last_state(folder)["epoch"] < 3
-    resumed = launch("mb", *run_flags, "--resume", folder, cwd=tmp)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "epoch 3/3" in resumed.stdout
+    with torchrun(*run_flags, "--resume", folder, cwd=tmp) as process:
+        stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 0, stderr
+    assert "epoch 3/3" in stdout
     assert_close_metrics(metrics(folder)[:2], metrics(two_runs["two"]), epochs=[1, 2])
 
 
@@ -225,19 +232,27 @@ def test_what_two_ranks_cannot_train_as_one_process_is_refused(image_tree, tmp_p
 
 # ---------------- the training loop itself on two spawned ranks ----------------
 
-def worker(rank, world, port, scenario, out_dir):
+SCENARIOS = [("mb", 32), ("mu", 32), ("mb", 33)]  # (method, number of images)
+
+
+def worker(rank, world, port, scenarios, out_dir):
     dist = join_ranks(rank, world, port)
     try:
-        result = train_epochs(dist, *scenario)
+        for method, num_images in scenarios:
+            result = train_epochs(dist, method, num_images)
+            torch.save(result, os.path.join(out_dir, f"{method}{num_images}-rank{rank}.pt"))
     finally:
         cleanup(dist)
-    torch.save(result, os.path.join(out_dir, f"world{world}-rank{rank}.pt"))
 
 
-def on_ranks(world, scenario, tmp_path):
-    """Run ``scenario`` on ``world`` spawned ranks; a worker's exception is raised here."""
-    spawn(worker, (world, free_port(), scenario, str(tmp_path)), world, scenario, TIMEOUT_S)
-    return [torch.load(tmp_path / f"world{world}-rank{rank}.pt", weights_only=True) for rank in range(world)]
+@pytest.fixture(scope="module")
+def on_two_ranks(tmp_path_factory):
+    """{scenario: what each of two spawned ranks returned}, all scenarios in one launch (a start imports torch and
+    this code: seconds); a worker's exception is raised here."""
+    tmp = tmp_path_factory.mktemp("spawned")
+    spawn(worker, (2, free_port(), SCENARIOS, str(tmp)), 2, SCENARIOS, TIMEOUT_S)
+    return {(method, n): [torch.load(tmp / f"{method}{n}-rank{rank}.pt", weights_only=True) for rank in range(2)]
+            for method, n in SCENARIOS}
 
 
 def train_epochs(dist, method, num_images):
@@ -268,11 +283,11 @@ def train_epochs(dist, method, num_images):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["mb", "mu"])
-def test_memory_is_bitwise_identical_on_both_ranks_and_equals_one_process(method, tmp_path):
+def test_memory_is_bitwise_identical_on_both_ranks_and_equals_one_process(method, on_two_ranks):
     """Steps of 16 + 16 images: every rank holds the same memory and weights, bit for bit, and they equal the
     one-process steps of 32 images to float tolerance (MU: key encoder with BatchNorm over the global batch). Two
     steps: by the fourth, this network from scratch turns float32 rounding into percents (as two threads do)."""
-    two = on_ranks(2, (method, 32), tmp_path)
+    two = on_two_ranks[(method, 32)]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each rank
     try:
@@ -289,10 +304,10 @@ def test_memory_is_bitwise_identical_on_both_ranks_and_equals_one_process(method
 
 
 @pytest.mark.slow
-def test_a_batch_smaller_than_the_world_leaves_a_rank_empty_and_both_go_on(tmp_path):
+def test_a_batch_smaller_than_the_world_leaves_a_rank_empty_and_both_go_on(on_two_ranks):
     """33 images in batches of 32: the last, of one image, leaves rank 1 nothing; it still takes part in every
     collective, and the epoch writes every memory row once (each row turns unit-norm when written)."""
-    two = on_ranks(2, ("mb", 33), tmp_path)
+    two = on_two_ranks[("mb", 33)]
     assert torch.equal(two[0]["memory"], two[1]["memory"])
     # a norm of a float32 unit vector of 16 terms: 1 within (16 + 2) u = 1e-6, under allclose's 1e-5 + 1e-8
     assert torch.allclose(two[0]["written"][0], torch.ones(33))

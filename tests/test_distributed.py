@@ -5,7 +5,6 @@ under torchrun), run every scenario in turn, save their results in a temporary f
 group; each test then compares its scenario's results. Warnings are errors in the workers too.
 """
 import os
-import socket
 import time
 import warnings
 
@@ -31,16 +30,12 @@ from lib.distributed import (
 from lib.knn import knn_predict
 from lib.parallel import shuffled_forward
 
+from conftest import fork_server, free_port
+
 WORLD = 2
 NUM_IMAGES, DIM, BATCH, EPOCHS = 49, 8, 16, 2  # batches of 16, 16, 16 and 1: the last leaves rank 1 empty
 LENGTH_PAIRS = [(3, 0), (3, 5), (0, 0)]       # rows given by rank 0 and rank 1 to all_gather_varlen
 TIMEOUT_S = 600  # a rank stuck in a collective fails the test instead of hanging it; ample on a loaded machine
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def join_ranks(rank, world, port):
@@ -65,7 +60,8 @@ def worker(rank, port, scenario, out_dir):
 def spawn(worker, args, nprocs, what, timeout_s=TIMEOUT_S):
     """``worker(rank, *args)`` in ``nprocs`` processes; a worker's exception is raised here
     (``ProcessRaisedException``), and ranks still running after ``timeout_s`` are killed and fail the test."""
-    workers = mp.spawn(worker, args=args, nprocs=nprocs, join=False)
+    fork_server()  # the workers fork from a process that imported this code once
+    workers = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method="forkserver")
     deadline = time.monotonic() + timeout_s
     while not workers.join(timeout=1):
         if time.monotonic() > deadline:

@@ -2,8 +2,6 @@
 resumed run equals a run that never stopped."""
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from lib.interrupt import TrainingInterrupted
 from lib.utils import rng_state, seed_everything, set_rng_state
 from models import EmbeddingNet
 
-from conftest import FIXED_THREADS, run_script
+from conftest import run_script, start_script
 
 CPU = torch.device("cpu")
 
@@ -96,21 +94,19 @@ def test_a_stopped_or_killed_run_resumes_and_equals_a_straight_run(sig, straight
     the way to continue. SIGKILL (no chance to save): --resume auto continues from the last completed epoch."""
     out = str(tmp_path / "runs")
     flags = small_run("mb", image_tree, out, "-b", "4", epochs=4, run_name="stopped")
-    with subprocess.Popen([sys.executable, SCRIPTS["mb"], *flags], cwd=tmp_path, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=FIXED_THREADS) as process:
-        for line in process.stdout:
-            if line.startswith("epoch 1/4"):
-                process.send_signal(sig)
-                break
-        stdout, stderr = process.communicate(timeout=600)
+    process = start_script(SCRIPTS["mb"], *flags, cwd=tmp_path)  # its own process, 2 threads
+    process.wait_for_line("epoch 1/4")
+    process.send_signal(sig)
+    stopped = process.wait()
     folder = os.path.join(out, "stopped")
     state = torch.load(os.path.join(folder, "checkpoints", "last.pt"), weights_only=True)
     assert state["epoch"] >= 1  # epoch 1 is complete; the stop came during epoch 2 (at a step or its end)
     if sig == signal.SIGKILL:
-        assert process.returncode == -signal.SIGKILL
+        assert stopped.returncode == -signal.SIGKILL
         resume = "auto"
     else:
-        assert process.returncode == 128 + sig, stderr
+        assert stopped.returncode == 128 + sig, stopped.stderr
+        stderr = stopped.stderr
         assert f"stopped by {sig.name}" in stderr and "--resume" in stderr and "Traceback" not in stderr
         resume = folder
     resumed = run_script(SCRIPTS["mb"], *flags, "--resume", resume, cwd=tmp_path)  # the same 2 threads
