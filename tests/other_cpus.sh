@@ -5,6 +5,7 @@
 #   ATEN_CPU_CAPABILITY=avx2        PyTorch's AVX2 kernels (an AMD EPYC or an older Intel: no AVX-512)
 #   ONEDNN_MAX_CPU_ISA=AVX2         oneDNN (convolutions, some matrix products) limited to AVX2: no AMX
 #   MKL_ENABLE_INSTRUCTIONS=AVX2    MKL (matrix products) limited to AVX2
+#   MKL_CBWR=AVX2                   MKL's conditional numerical reproducibility: the results of an AVX2 machine
 #   OMP_NUM_THREADS=1               one thread: every reduction that threads split, summed in another order
 #
 # A tolerance that holds only with this machine's kernels fails here. Arguments go to pytest, e.g.
@@ -16,6 +17,7 @@ SETTINGS=(
   "ATEN_CPU_CAPABILITY=avx2"
   "ONEDNN_MAX_CPU_ISA=AVX2"
   "MKL_ENABLE_INSTRUCTIONS=AVX2"
+  "MKL_CBWR=AVX2"
   "OMP_NUM_THREADS=1"
 )
 ARGS=("$@")
