@@ -49,8 +49,22 @@ def check_compiler(device):
                                         if cc):
         raise InputError("--compile on the CPU needs a C++ compiler (g++ or clang++, or set CXX): install one, "
                          "or train without --compile")
+    if device.type == "cpu" and not cpu_simd_for_compile():
+        raise InputError("--compile on the CPU needs a SIMD instruction set for TorchInductor's kernels (AVX2, "
+                         "AVX-512, NEON, ...): there is none here, or ATEN_CPU_CAPABILITY=default turns them off, and "
+                         "without one PyTorch cannot compile BatchNorm's training reductions; train without --compile")
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
         raise InputError("--compile on CUDA needs the triton package (pip install triton), or train without --compile")
+
+
+def cpu_simd_for_compile():
+    """Whether TorchInductor has a vector instruction set to write the CPU kernels for (its scalar fallback emits
+    vector types for Welford reductions and does not compile, PyTorch 2.14)."""
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+    except ImportError:  # another PyTorch: its compiler will say
+        return True
+    return bool(pick_vec_isa())
 
 
 def compile_network(model, memory=None):

@@ -35,7 +35,7 @@ def run_script(script, *argv, cwd=None, threads=2):
     ``__main__``, ``sys.argv``, working directory, exit status, stdout and stderr, 2 threads as FIXED_THREADS),
     returned as ``subprocess.run(..., capture_output=True, text=True)`` would. It saves the interpreter's start
     and the imports, seconds a run. What only a separate process shows (--help before torch is imported, a
-    signal, torchrun, torch.compile) runs in one (``start_script``, ``run_ranks`` or a subprocess)."""
+    signal, several ranks, torchrun) runs in one (``start_script``, ``run_ranks`` or a subprocess)."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = _as_main(script, [str(a) for a in argv], cwd, threads)
