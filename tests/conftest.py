@@ -208,6 +208,25 @@ def image_tree(tmp_path_factory):
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilations(request, tmp_path_factory, image_tree):
+    """The torch.compile work of the tests in tests/test_compile.py that this session runs, started at its
+    beginning in processes of their own (``test_compile.start_compilations``): it takes minutes the first time on
+    2 cores, and the other tests leave one core idle about half of the time."""
+    wanted = {item.originalname for item in request.session.items if item.path.name == "test_compile.py"}
+    if not wanted:
+        yield {}
+        return
+    from test_compile import start_compilations
+
+    started = start_compilations(wanted, tmp_path_factory, image_tree)
+    yield started
+    for process, _ in started.values():
+        process = getattr(process, "process", process)
+        if process.is_alive():
+            process.kill()
+
+
 def float32_error_bound(batch, dim, temperature, terms, norm=1.0):
     """How far the SNCA loss computed in float32 from float32 features and memory whose norms multiply to at most
     ``norm`` (1 for unit vectors) may be from float64 arithmetic on the same inputs: (loss error relative to

@@ -1,12 +1,16 @@
 """``--compile``: the compiled training step computes what the eager one does (equal in float64; in float32 up to
 the rounding of kernels that sum in another order), writes the same checkpoint keys, and a compiled run resumes
-without the flag."""
+without the flag.
+
+Compiling a ResNet-18 takes TorchInductor a minute or two on 2 cores the first time (PyTorch keeps the kernels on
+disk for the next): the compilations start with the session (``start_compilations``, called by conftest's
+``compilations``), each in a process of its own beside the other tests, and the tests here wait for them."""
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_entry_points import metrics, one_line_error, run, small_run
+from test_entry_points import SCRIPTS, metrics, one_line_error, run, small_run
 
 import lib.device
 from lib import KeyEncoder, Memory
@@ -20,15 +24,30 @@ from models import EmbeddingNet
 NO_SIMD = os.environ.get("ATEN_CPU_CAPABILITY") == "default"
 
 
-@pytest.mark.slow
-def test_compiled_step_computes_the_eager_step_in_float64():
-    """In float64 the rounding differences vanish: the compiled network's outputs, loss gradients and the compiled
-    key encoder's outputs (BatchNorm in training mode) equal the eager ones, and the parameters are shared."""
-    if NO_SIMD:
-        with pytest.raises(InputError, match="--compile on the CPU needs a SIMD instruction set"):
-            check_compiler(torch.device("cpu"))
-        return
-    check_compiler(torch.device("cpu"))
+FLOAT64 = "test_compiled_step_computes_the_eager_step_in_float64"
+RUN = "test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag"
+
+
+def start_compilations(wanted, tmp_path_factory, image_tree):
+    """Start the compilations of the tests named in ``wanted``: {test name: (process, its output)}."""
+    from conftest import fork_server, start_script
+
+    started = {}
+    if FLOAT64 in wanted and not NO_SIMD:
+        path = str(tmp_path_factory.mktemp("compiled") / "float64.pt")
+        process = fork_server().Process(target=float64_steps, args=(path,))
+        process.start()
+        started[FLOAT64] = (process, path)
+    if RUN in wanted:
+        out = tmp_path_factory.mktemp("compiled_run")
+        flags = small_run("mb", image_tree, str(out / "runs"), "--compile", epochs=1, run_name="compiled")
+        started[RUN] = (start_script(SCRIPTS["mb"], *flags, cwd=out), str(out / "runs"))
+    return started
+
+
+def float64_steps(path):
+    """The eager and the compiled training step, and MU's key encoder before and after compilation, in float64:
+    saved to ``path`` for the test to compare."""
     torch.manual_seed(0)
     net = EmbeddingNet("resnet18", 8, 3).double().to(memory_format=torch.channels_last)
     key_encoder = KeyEncoder(net)
@@ -45,20 +64,38 @@ def test_compiled_step_computes_the_eager_step_in_float64():
     want, want_grads = step(net)
     want_keys = key_encoder(images)[0]
     compiled = compile_network(net, key_encoder)
-    assert list(compiled.parameters()) == list(net.parameters())  # the EMA and the optimizer see the same tensors
+    shared = list(compiled.parameters()) == list(net.parameters())  # the EMA and the optimizer see the same tensors
     got, got_grads = step(compiled)
-    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
-    for g, w in zip(got_grads, want_grads):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(key_encoder(images)[0], want_keys, rtol=1e-9, atol=1e-12)
+    torch.save({"shared": shared, "want": want, "want_grads": want_grads, "want_keys": want_keys, "got": got,
+                "got_grads": got_grads, "got_keys": key_encoder(images)[0]}, path)
 
 
 @pytest.mark.slow
-def test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag(image_tree, tmp_path):
+def test_compiled_step_computes_the_eager_step_in_float64(compilations):
+    """In float64 the rounding differences vanish: the compiled network's outputs, loss gradients and the compiled
+    key encoder's outputs (BatchNorm in training mode) equal the eager ones, and the parameters are shared."""
+    if NO_SIMD:
+        with pytest.raises(InputError, match="--compile on the CPU needs a SIMD instruction set"):
+            check_compiler(torch.device("cpu"))
+        return
+    check_compiler(torch.device("cpu"))
+    process, path = compilations[FLOAT64]
+    process.join(600)
+    assert process.exitcode == 0, f"the float64 steps ended with status {process.exitcode} (their stderr is above)"
+    r = torch.load(path, weights_only=True)
+    assert r["shared"]
+    torch.testing.assert_close(r["got"], r["want"], rtol=1e-9, atol=1e-12)
+    for g, w in zip(r["got_grads"], r["want_grads"]):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(r["got_keys"], r["want_keys"], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag(compilations, image_tree, tmp_path):
     """The tiny dataset's 32 training images are two full batches of 16: one shape, one compilation (MB: the
-    key encoder's compilation is the float64 test's)."""
-    out = str(tmp_path / "runs")
-    compiled = run("mb", *small_run("mb", image_tree, out, "--compile", epochs=1, run_name="compiled"), cwd=tmp_path)
+    key encoder's compilation is the float64 test's). The compiled run started with the session."""
+    started, out = compilations[RUN]
+    compiled = started.wait()
     if NO_SIMD:
         one_line_error(compiled, "--compile", "SIMD")
         assert not os.path.exists(out)  # refused before anything was written
