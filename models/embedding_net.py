@@ -4,8 +4,8 @@ A ResNet trunk (conv1 .. layer4, global average pool), FC1 to a D-dim feature v,
 L2-normalised embedding e = v / |v| for SNCA, kNN and retrieval, and FC2 on the un-normalised v
 whose weight rows are the learned class prototypes for the cross-entropy term.
 
-N-band input (``in_channels`` != 3): the trunk's first convolution takes N channels; ImageNet weights are
-carried over by ``adapt_first_conv``.
+N-band input (``n_band``, any N, three bands included): the trunk's first convolution takes N channels;
+ImageNet weights are carried over by ``adapt_first_conv``.
 """
 import torch
 import torch.nn.functional as F
@@ -32,22 +32,28 @@ def adapt_first_conv(weight, in_channels, rgb=None):
 
 
 class EmbeddingNet(nn.Module):
-    def __init__(self, arch="resnet18", dim=128, num_classes=45, trunk_state=None, in_channels=3, rgb=None):
+    def __init__(self, arch="resnet18", dim=128, num_classes=45, trunk_state=None, in_channels=3, rgb=None,
+                 n_band=None):
+        """``in_channels`` bands of N-band images (``n_band``; default: when ``in_channels`` is not 3), of which
+        those at positions ``rgb`` are red, green, blue; else 8-bit RGB images as torchvision's ResNets take them.
+        Three bands read from N-band files are N-band input too: bands 2, 3, 4 of Sentinel-2 are blue, green, red,
+        and ImageNet's filters go to the bands ``rgb`` names, not to the files' order."""
         super().__init__()
+        n_band = in_channels != 3 if n_band is None else n_band
         if arch not in ARCHS:
             raise InputError(f"--model {arch} is not one of {', '.join(ARCHS)}")
         self.trunk = getattr(torchvision.models, arch)(weights=None)
         features = self.trunk.fc.in_features
         self.trunk.fc = nn.Identity()
         rgb_state = trunk_state is not None and trunk_state.get("conv1.weight", torch.empty(0, 3)).shape[1] == 3
-        if in_channels != 3 and not rgb_state:  # from scratch, or weights of N-band input already
+        if n_band and not rgb_state:  # from scratch, or weights of N-band input already
             self.trunk.conv1 = n_band_conv(self.trunk.conv1, in_channels)
         if trunk_state is not None:
             try:
                 self.trunk.load_state_dict({k: v for k, v in trunk_state.items() if not k.startswith("fc.")})
             except RuntimeError as error:
                 raise InputError(f"the given weights do not fit {arch}: {str(error).splitlines()[0]}") from None
-        if in_channels != 3 and rgb_state:  # ImageNet's (or another RGB) first layer, carried over to N bands
+        if n_band and rgb_state:  # ImageNet's (or another RGB) first layer, carried over to N bands
             rgb_weight = self.trunk.conv1.weight.detach()
             self.trunk.conv1 = n_band_conv(self.trunk.conv1, in_channels)
             with torch.no_grad():

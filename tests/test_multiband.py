@@ -125,6 +125,21 @@ def test_chunked_statistics_equal_numpy_on_any_chunking():
         np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=tolerance)
 
 
+@pytest.mark.parametrize("rgb", [(2, 1, 0), None])
+def test_three_bands_get_their_own_filters_not_the_files_order(rgb):
+    """Bands 2, 3, 4 of Sentinel-2 are blue, green, red (--bands 2,3,4 --rgb-bands 4,3,2: positions 2, 1, 0): band
+    4 gets ImageNet's red filter. Without --rgb-bands every band gets the mean filter, as for any N (x 3/3 = 1)."""
+    torch.manual_seed(0)
+    imagenet = torchvision.models.resnet18().state_dict()
+    w = imagenet["conv1.weight"]                                                          # (64, 3, 7, 7)
+    adapted = EmbeddingNet("resnet18", 16, 3, imagenet, in_channels=3, rgb=rgb, n_band=True).trunk.conv1.weight
+    for band in range(3):
+        want = w[:, rgb.index(band)] if rgb else w.mean(dim=1)
+        assert torch.equal(adapted[:, band].detach(), want * (3 / 3)), band
+    rgb_images = EmbeddingNet("resnet18", 16, 3, imagenet).trunk.conv1.weight            # 8-bit RGB: as loaded
+    assert torch.equal(rgb_images.detach(), w)
+
+
 def test_first_layer_takes_imagenets_filters_and_answers_a_grey_image_as_imagenet():
     """A random state dict stands in for ImageNet's (no download): the red, green, blue bands (4, 3, 2 of 13)
     get its filters, every other band their mean, all x 3/13; an image of 13 equal bands gives the RGB layer's
