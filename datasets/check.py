@@ -19,6 +19,7 @@ from datasets.folder import (
     InputError,
     band_header,
     build_splits,
+    build_unseen_split,
     list_class_files,
     read_bands,
     to_rgb,
@@ -108,12 +109,15 @@ def duplicates(paths):
     return [sorted(group) for group in by_hash.values() if len(group) > 1]
 
 
-def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=False, bands=None):
+def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=False, bands=None, split="reference",
+                  fractions=(0.8, 0.8)):
     """Inspect every file of ``root`` = ``<data>/<dataset>``; with ``bands`` (``--bands``) as N-band TIFFs.
 
     Returns ``{"classes", "counts" (class -> split -> images), "totals" (split -> images), "problems"
-    [(kind, path, detail)], "bad" [paths], "bands" ('<count> x <dtype>' of most files, or None)}``; the counts
-    are those of the split training would use (without the bad files when ``skip_bad``).
+    [(kind, path, detail)], "bad" [paths], "bands" ('<count> x <dtype>' of most files, or None)}``; the counts,
+    the leaks and the classes with too few training images are those of the split training would use: ``split``
+    'reference', or 'unseen' with ``fractions`` (seen classes, training images of a seen class), without the bad
+    files when ``skip_bad``. Under 'unseen' a class never trained on is not short of training images.
     """
     classes, files = list_class_files(root, ext)
     suffix = "." + ext.lstrip(".").lower()
@@ -144,19 +148,22 @@ def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=Fals
         problems += [("size", p, f"{size[0]}x{size[1]}, most are {common[0]}x{common[1]}")
                      for p, (_, size, _) in zip(paths, found) if size and size != common]
 
-    splits = build_splits(root, ext, split_seed, exclude=bad if skip_bad else ())
+    exclude = bad if skip_bad else ()
+    splits = (build_unseen_split(root, ext, split_seed, *fractions, exclude=exclude) if split == "unseen"
+              else build_splits(root, ext, split_seed, exclude=exclude))
     split_of = {path: split for split in SPLIT_NAMES for path, _ in splits[split]}
     for group in duplicates([p for p in paths if p not in bad]):
         for path in group[1:]:
             kind = "leak" if len({split_of.get(p) for p in group}) > 1 else "duplicate"
             problems.append((kind, path, f"same as {group[0]} ({' / '.join(split_of.get(p, '-') for p in group)})"))
-    counts = {c: {split: 0 for split in SPLIT_NAMES} for c in classes}
-    for split in SPLIT_NAMES:
-        for _, label in splits[split]:
-            counts[classes[label]][split] += 1
+    counts = {c: {part: 0 for part in SPLIT_NAMES} for c in classes}
+    for part in SPLIT_NAMES:
+        for _, label in splits[part]:
+            counts[splits["classes"][label]][part] += 1  # the split's labels: under 'unseen', in draw order
+    trained = set(splits["classes"][:splits.get("num_seen", len(splits["classes"]))])
     problems += [("few-train", os.path.join(root, c), f"{n['train']} training image(s)")
-                 for c, n in counts.items() if files[c] and n["train"] < 2]
-    totals = {split: len(splits[split]) for split in SPLIT_NAMES}
+                 for c, n in counts.items() if files[c] and c in trained and n["train"] < 2]
+    totals = {part: len(splits[part]) for part in SPLIT_NAMES}
     return {"classes": classes, "counts": counts, "totals": totals, "problems": problems, "bad": bad, "bands": layout}
 
 

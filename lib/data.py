@@ -45,7 +45,7 @@ def file_check(root, args):
     report = {"bad": [], "problems": []}
     if args.check_images != "none":
         report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images, args.bands)
+                               args.skip_bad_images, args.bands, args.split, (args.seen_fraction, args.train_fraction))
         for line in summary(report, root, skipping=args.skip_bad_images):
             print(f"warning: {line}", file=sys.stderr)
     if report["bad"] and not args.skip_bad_images:

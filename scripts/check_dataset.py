@@ -14,6 +14,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
+from lib.args import FRACTION  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.flags import COUNT, SEED, ArgumentParser, band_list, check_data  # noqa: E402
 
@@ -26,7 +27,12 @@ def get_args_parser():
     parser.add_argument("--bands", default=None, type=band_list,
                         help="check the files as N-band TIFFs (tifffile): each must have the band count and data type "
                         "of most (default: the preset's, EuroSAT_MS: all; else 8-bit RGB images)")
-    parser.add_argument("--split-seed", type=SEED, default=42, help="seed of the reference split")
+    parser.add_argument("--split-seed", type=SEED, default=42, help="seed of the split")
+    parser.add_argument("--split", default="reference", choices=("reference", "unseen"),
+                        help="the split whose counts, leaks and short classes are reported, as training's --split")
+    parser.add_argument("--seen-fraction", type=FRACTION, default=0.8, help="--split unseen: share of seen classes")
+    parser.add_argument("--train-fraction", type=FRACTION, default=0.8,
+                        help="--split unseen: share of a seen class's images in train")
     parser.add_argument("--check-images", default="full", choices=("header", "full"),
                         help="header: read each header; full: decode each image (finds truncated files)")
     parser.add_argument("--skip-bad-images", action="store_true", help="count the split without the bad files")
@@ -46,12 +52,12 @@ def main():
         check_data(args.data, args.dataset)
         root = dataset_root(args.data, args.dataset)
         report = check_dataset(root, ext, args.split_seed, args.check_images == "full", args.num_workers,
-                               args.skip_bad_images, bands)
+                               args.skip_bad_images, bands, args.split, (args.seen_fraction, args.train_fraction))
     except InputError as error:
         sys.exit(f"error: {one_line(error)}")
 
     width = max(len(c) for c in report["classes"])
-    print(f"{root}: {len(report['classes'])} classes, *.{ext}, split seed {args.split_seed}"
+    print(f"{root}: {len(report['classes'])} classes, *.{ext}, {args.split} split, seed {args.split_seed}"
           + (f", {report['bands']} bands per file (most files)" if report["bands"] else ""))
     print(f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in SPLIT_NAMES))
     for name, counts in report["counts"].items():

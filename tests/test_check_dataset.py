@@ -13,7 +13,7 @@ from PIL import Image
 
 from datasets import build_splits
 from datasets.check import check_dataset
-from datasets.folder import to_rgb
+from datasets.folder import build_unseen_split, to_rgb
 from datasets.presets import dataset_root
 
 from conftest import REPO, make_image_tree, run_script
@@ -120,6 +120,42 @@ def test_skipping_bad_files_gives_the_reference_split_of_the_rest(bad_tree, tmp_
     for split in ("train", "val", "test"):
         assert [(os.path.relpath(p, root), y) for p, y in skipped[split]] == \
                [(os.path.relpath(p, clean), y) for p, y in removed[split]]
+
+
+def test_under_the_unseen_split_leaks_and_short_classes_are_those_of_that_split(tmp_path):
+    """Duplicates in every class and an unseen class of 2 images: a pair is a leak when the unseen split puts its
+    files in different parts (the oracle: that split, built here), and only a class trained on can be short of
+    training images. The script reports the same split's counts."""
+    root = make_image_tree(str(tmp_path / "five"), classes=5, per_class=10)
+    split = build_unseen_split(root, "png", 42, 0.8, 0.8)
+    unseen = split["classes"][split["num_seen"]]
+    for name in sorted(os.listdir(os.path.join(root, unseen)))[2:]:
+        os.remove(os.path.join(root, unseen, name))
+    groups = []  # per class: the 2nd and 4th file (the unseen class: its 2nd only) become copies of the 1st
+    for c in sorted(os.listdir(root)):
+        names = sorted(os.listdir(os.path.join(root, c)))
+        groups.append([os.path.join(root, c, name) for name in names[:1] + names[1:4:2]])
+        for copy in groups[-1][1:]:
+            shutil.copyfile(groups[-1][0], copy)
+
+    report = check_dataset(root, "png", full=True, split="unseen", fractions=(0.8, 0.8))
+    split = build_unseen_split(root, "png", 42, 0.8, 0.8)
+    part_of = {path: part for part in ("train", "val", "test") for path, _ in split[part]}
+    want = {("leak" if len({part_of[p] for p in group}) > 1 else "duplicate", p) for group in groups for p in group[1:]}
+    assert {(kind, p) for kind, p, _ in report["problems"] if kind in ("leak", "duplicate")} == want
+    assert {kind for kind, _ in want} == {"leak", "duplicate"}  # both outcomes occur: the test tells them apart
+    seen = split["classes"][:split["num_seen"]]
+    short = {os.path.join(root, c) for c in seen if sum(1 for _, y in split["train"] if split["classes"][y] == c) < 2}
+    assert {p for kind, p, _ in report["problems"] if kind == "few-train"} == short
+    assert os.path.join(root, unseen) not in short and report["counts"][unseen] == {"train": 0, "val": 0, "test": 2}
+    for part in ("train", "val", "test"):
+        counted = sum(n[part] for n in report["counts"].values())
+        assert counted == report["totals"][part] == len(split[part])
+
+    done = run_script(CHECK, "--data", str(tmp_path), "--dataset", "five", "--imgEXT", "png", "--split", "unseen")
+    assert done.returncode == 0 and "unseen split" in done.stdout
+    total = next(line.split() for line in done.stdout.splitlines() if line.startswith("total "))
+    assert total == ["total", *(str(len(split[part])) for part in ("train", "val", "test"))]
 
 
 def test_every_mode_becomes_correct_rgb():
