@@ -88,8 +88,8 @@ def restore_training_state(checkpoint, model, memory, optimizer, scaler, device)
     model.load_state_dict(checkpoint["model"])
     if memory is not None:
         try:
-            memory.load_state_dict(checkpoint["memory"])
-        except RuntimeError as error:  # e.g. an MU checkpoint of before the key encoder moved into the memory entry
+            memory.load_state_dict(memory_state(checkpoint))
+        except RuntimeError as error:  # a memory of another kind or size
             reason = " ".join(str(error).split()[6:])[:300]  # after "Error(s) in loading state_dict for <class>:"
             raise InputError(f"--resume: the checkpoint's memory does not fit this run's ({reason})") from None
     optimizer.load_state_dict(checkpoint["optimizer"])
@@ -99,6 +99,16 @@ def restore_training_state(checkpoint, model, memory, optimizer, scaler, device)
     if checkpoint["step"]:
         position = (checkpoint["step"], checkpoint["loss_sums"].to(device), checkpoint["seen"])
     return checkpoint["epoch"], checkpoint["best_acc"], position
+
+
+def memory_state(checkpoint):
+    """The checkpoint's memory entry. MU checkpoints written before the key encoder became part of the memory
+    entry hold the bank under "memory" and the key encoder under "key_encoder": their keys are moved to where
+    ``MomentumUpdate`` holds them (``bank.``, ``key_encoder.``), so those runs resume too."""
+    if checkpoint.get("key_encoder") is None:
+        return checkpoint["memory"]
+    return {**{f"bank.{k}": v for k, v in checkpoint["memory"].items()},
+            **{f"key_encoder.{k}": v for k, v in checkpoint["key_encoder"].items()}}
 
 
 def restore_rng(checkpoint, device):

@@ -108,3 +108,33 @@ def test_a_checkpoint_of_another_configuration_is_refused():
         check_compatible(saved, same, 22005, 30)
     with pytest.raises(InputError, match="memory='mb', this run memory='mu'"):
         check_compatible(saved, SimpleNamespace(**{**saved["args"], "memory": "mu"}), 6993, 30)
+
+
+def test_an_mu_checkpoint_of_the_earlier_layout_resumes_its_bank_and_key_encoder():
+    """Before the key encoder became part of the memory entry, an MU checkpoint held the bank's state dict under
+    "memory" (buffers memory, labels) and the key encoder's under "key_encoder" (encoder.*), as written here from
+    the same modules; both come back bit for bit, and a memory of another size is still refused in one line."""
+    from lib.checkpoint import memory_state, restore_training_state
+    from lib.memory_bank import MemoryBank
+    from lib.momentum_update import KeyEncoder, MomentumUpdate
+
+    torch.manual_seed(0)
+
+    def variant(n=10):
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+        return net, MomentumUpdate(MemoryBank(torch.arange(n) % 3, dim=8), KeyEncoder(net))
+
+    net, trained = variant()
+    for tensor in trained.state_dict().values():  # every entry away from its initial value
+        tensor.add_(torch.rand_like(tensor.float()).to(tensor.dtype) + 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    earlier = {"model": net.state_dict(), "memory": trained.bank.state_dict(),
+               "key_encoder": trained.key_encoder.state_dict(), "optimizer": optimizer.state_dict(), "scaler": None,
+               "epoch": 3, "step": 0, "best_acc": 0.5}
+    assert set(memory_state(earlier)) == set(trained.state_dict())
+    fresh_net, fresh = variant()
+    restore_training_state(earlier, fresh_net, fresh, torch.optim.SGD(fresh_net.parameters(), lr=0.1), None, None)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in trained.state_dict().items())
+    _, other = variant(n=12)
+    with pytest.raises(InputError, match="the checkpoint's memory does not fit this run's"):
+        restore_training_state(earlier, variant()[0], other, torch.optim.SGD(net.parameters(), lr=0.1), None, None)
