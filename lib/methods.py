@@ -72,15 +72,15 @@ class Method(NamedTuple):
 
 
 def declared(name):
-    """(help, add_arguments) of method ``name`` as ``lib.options`` declares them for the command line."""
-    return OPTIONS[name].help, OPTIONS[name].add_arguments
+    """What the command line knows of method ``name`` (``lib.options``, declared there once, without torch): its
+    ``help``, whether it ``uses_memory`` and its own flags."""
+    return OPTIONS[name]._asdict()
 
 
 METHODS = {
-    "snca-ce": Method("snca", True, True, snca, *declared("snca-ce")),
-    "snca": Method("snca", False, True, snca, *declared("snca")),
-    "d-cnn": Method("dcnn", True, False, dcnn, *declared("d-cnn"), pairwise=True),
-    "triplet": Method("triplet", False, False, triplet, *declared("triplet"), draw=sample_triplets,
+    "snca-ce": Method("snca", True, metric=snca, **declared("snca-ce")),
+    "snca": Method("snca", False, metric=snca, **declared("snca")),
+    "d-cnn": Method("dcnn", True, metric=dcnn, **declared("d-cnn"), pairwise=True),
+    "triplet": Method("triplet", False, metric=triplet, **declared("triplet"), draw=sample_triplets,
                       inputs=with_triplets, copies=3),
 }
-assert all(METHODS[name].uses_memory == option.uses_memory for name, option in OPTIONS.items())  # offered() reads these
