@@ -23,7 +23,7 @@ from lib.checkpoint import (
     training_state,
 )
 from lib.data import checked_splits, make_batches, resolve_data
-from lib.device import check_compiler, compile_network, resolve_precision
+from lib.device import amp_name, check_compiler, compile_network, keep_freed_memory, resolve_precision
 from lib.distributed import any_rank, assert_same_on_all_ranks, barrier, in_turn, memory_checksum, on_main, run_on_ranks
 from lib.engine import NonFiniteError, train_one_epoch, validate
 from lib.interrupt import StopRequest, TrainingInterrupted, stopped
@@ -69,11 +69,14 @@ def train(args):
 def train_ranks(args, dist):
     # ---------------- set-up: device, seeds (the same on every rank), resumed state ----------------
     device = dist.device
+    args.amp = amp_name(device, args.amp)  # recorded as trained: a resume on another device keeps the precision
     precision = resolve_precision(device, args.amp)
     seed_everything(args.seed)
     check_world(args, dist)
     if args.compile:
         check_compiler(device)
+    if device.type == "cpu" and args.cpu_allocator == "keep":
+        keep_freed_memory()
     if args.resume:
         args.resume = on_main(dist, resolve_resume, args.resume, args.out, args.run_name)
     checkpoint = load_state(args.resume) if args.resume else None  # every rank reads it
@@ -94,7 +97,8 @@ def train_ranks(args, dist):
     pipeline = train_batches.pipeline or RGB  # N-band images (--bands): their own pipeline and first layer
 
     # ---------------- model, memory (MU: with its key encoder), optimiser; DDP around the network ----------------
-    net = EmbeddingNet(args.model, args.dim, num_classes, weights, pipeline.channels, pipeline.rgb).to(
+    net = EmbeddingNet(args.model, args.dim, num_classes, weights, pipeline.channels, pipeline.rgb,
+                       n_band=pipeline is not RGB).to(
         device, memory_format=precision.memory_format)
     method = METHODS[args.method]
     memory = MEMORIES[args.memory].build(args, train_batches.labels, net, dist).to(device) \

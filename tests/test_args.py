@@ -79,6 +79,7 @@ RANGES = [
     ("retrieve", "--k", "0", "an integer >= 1"),
     ("check_dataset", "--split-seed", "-1", "an integer in [0, "), ("check_dataset", "--num_workers", "0",
                                                                     "an integer >= 1"),
+    ("check_dataset", "--seen-fraction", "1", "in (0, 1)"), ("check_dataset", "--train-fraction", "0", "in (0, 1)"),
 ]
 BOUNDS = {"mb": ["--image-size", "32", "--epochs", "0", "--margin", "0", "--lambda_", "0", "--weight-decay", "0",
                  "--lr-gamma", "1", "--memory-momentum", "0", "--num_workers", "0", "--seed", str(2**32 - 1)],
@@ -244,6 +245,10 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         ("mb", ["--resume", folder, "--split", "unseen", "--rot90", "--memory", "xbm", "--queue-size", "64"],
          ["--rot90 off (given on), --split reference (given unseen), --memory mb (given xbm), --queue-size 8192 "
           "(given 64); leave these flags out"]),
+        ("mb", [*new, "--rgb-bands", "4,3,2"], ["--rgb-bands applies to N-band images: give --bands"]),
+        ("mu", [*new, "--rot90"], ["--rot90 applies to N-band images"]),
+        ("mb", [*new, "--seen-fraction", "0.5"], ["--seen-fraction applies to --split unseen"]),
+        ("mu", [*new, "--train-fraction", "0.5"], ["--train-fraction applies to --split unseen"]),
         ("evaluate", [], ["RUN_DIR", "--checkpoint PATH"]),
         ("evaluate", [folder, "--checkpoint", folder], ["not both"]),
         ("retrieve", ["--gallery", "g", "--query", "q", "--k", "0"], ["--k", ">= 1, got 0"]),

@@ -48,6 +48,7 @@ def test_trains_writes_the_run_folder_and_resumes(method, entry_runs, image_tree
 
     args = json.loads(Path(folder, "args.json").read_text())
     assert args["memory"] == method and "git_commit" in args
+    assert args["amp"] == "none"  # the precision it trained in (the CPU's default), not the flag's absence
     assert args["command"].endswith(" ".join(["--run-name", name, *CACHED]))  # the whole command
     lines = metrics(folder)
     assert [m["epoch"] for m in lines] == [1, 2] and all(METRIC_KEYS <= m.keys() for m in lines)

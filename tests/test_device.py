@@ -1,0 +1,64 @@
+"""``--cpu-allocator keep``: large tensors come from the process heap and their pages are reused, not mapped anew."""
+import platform
+import resource
+
+import pytest
+import torch
+from test_entry_points import SCRIPTS, metrics, run, small_run
+
+import lib.program
+from lib.device import keep_freed_memory
+
+from conftest import start_script, untimed
+
+PAGE = resource.getpagesize()
+
+
+def page_faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def test_kept_memory_serves_large_tensors_without_new_pages():
+    """The oracle is the kernel's count of minor page faults: with glibc's defaults every 64 MiB tensor is a fresh
+    mapping whose 16,384 pages fault on first touch; kept, the freed block is handed out again already mapped.
+    (An entry point run in this process with --cpu-allocator keep may have applied it already.)"""
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() == glibc
+    if not glibc:  # elsewhere it changes nothing: nothing more to check
+        return
+    pages = 64 * 2**20 // PAGE
+    for _ in range(3):  # the heap grows to hold the block once
+        torch.empty(pages * PAGE, dtype=torch.uint8).fill_(1)
+    before = page_faults()
+    for _ in range(5):
+        torch.empty(pages * PAGE, dtype=torch.uint8).fill_(1)
+    assert page_faults() - before < pages // 10  # a fresh mapping each time would be 5 x pages
+
+
+@pytest.mark.slow
+def test_the_entry_points_keep_freed_memory_on_the_cpu_when_told_to(monkeypatch, image_tree, tmp_path):
+    calls = []
+    monkeypatch.setattr(lib.program, "keep_freed_memory", lambda: calls.append(1) or True)
+    for name, extra, expected in (("default", (), []), ("keep", ("--cpu-allocator", "keep"), [1])):
+        calls.clear()
+        done = run("mb", *small_run("mb", image_tree, str(tmp_path), *extra, epochs=0, run_name=name), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert calls == expected, name
+
+
+@pytest.mark.slow
+def test_training_does_not_depend_on_the_allocator(image_tree, tmp_path):
+    """Two fresh processes (forked from a server that has not changed the allocator), one keeping freed memory and
+    one with glibc's defaults: a read of memory never written (``torch.empty``) would see old data in the first
+    and zeros in the second. The same losses, accuracies and weights, bit for bit."""
+    folders = {}
+    for allocator in ("keep", "system"):
+        argv = small_run("mu", image_tree, str(tmp_path), "--cpu-allocator", allocator, "--cache", "memory",
+                         run_name=allocator)
+        done = start_script(SCRIPTS["mu"], *argv, cwd=tmp_path, threads=1).wait()
+        assert done.returncode == 0, done.stderr
+        folders[allocator] = tmp_path / allocator
+    assert untimed(metrics(folders["keep"])) == untimed(metrics(folders["system"]))
+    weights = [torch.load(folders[a] / "checkpoints" / "last.pt", weights_only=True)["model"] for a in folders]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
