@@ -5,6 +5,7 @@
     python benchmarks/run.py --only knn loss                      # CPU, on generated tensors: no dataset needed
     python benchmarks/run.py --gpu                                # the GPU benchmarks (benchmarks/gpu.sh runs this)
     python benchmarks/run.py --only bands                         # N-band decode once, on 13-band GeoTIFFs it writes
+    python benchmarks/run.py --only allocator                     # --cpu-allocator keep vs system, ResNet-18 steps
 
 Prints a Markdown table and appends it, with the machine and the command, to benchmarks/RESULTS.md.
 Every figure is wall-clock on this machine: compare ratios within one run only.
@@ -33,7 +34,7 @@ from datasets.augment import apply_params, draw_params, to_float, train_augment 
 from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
 from lib.args import get_args_parser  # noqa: E402
 from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
-from lib.device import compile_network, resolve_precision  # noqa: E402
+from lib.device import compile_network, keep_freed_memory, resolve_precision  # noqa: E402
 from lib.engine import train_one_epoch, validate  # noqa: E402
 from lib.momentum_update import MomentumUpdate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
@@ -42,9 +43,14 @@ NWPU_TRAIN, NWPU_VAL, NWPU_CLASSES = 22005, 3195, 45
 ROWS = []
 
 
+def figure(value):
+    """Three significant digits, never in exponent form: 0.00123, 41.5, 1,180."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.3g}"
+
+
 def row(name, ours, ref=None, unit="", better="higher", note=""):
     ratio = "" if not ref or not ours else f"{(ours / ref if better == 'higher' else ref / ours):.2f}x"
-    ROWS.append((name, f"{ours:,.3g} {unit}".strip(), "" if ref is None else f"{ref:,.3g} {unit}".strip(), ratio,
+    ROWS.append((name, f"{figure(ours)} {unit}".strip(), "" if ref is None else f"{figure(ref)} {unit}".strip(), ratio,
                  note))
     print(f"{name}: ours {ours:,.4g} {unit}" + ("" if ref is None else f", reference {ref:,.4g} ({ratio})")
           + (f"  [{note}]" if note else ""), flush=True)
@@ -76,8 +82,8 @@ def bench_data(samples, size, workers):
                                                                           64, workers, shuffle=True)))
     decode_s, images = timed(lambda: decoded_images(samples, size, workers))
     batches = TensorBatches(images, [label for _, label in samples], 256, torch.device("cpu"), shuffle=True)
-    augment_s, _ = timed(lambda: [train_augment(x) for x, _, _ in batches])
     n = len(samples)
+    augment_s, _ = timed(lambda: [train_augment(x) for x, _, _ in batches], repeats=2)
     row(f"data, {size} px, {workers} workers: every epoch after the first (images/s)", n / augment_s, n / ref_s,
         note="decoded once, batched augmentation")
     row(f"data, {size} px, {workers} workers: first epoch, decode + augment (images/s)", n / (decode_s + augment_s),
@@ -117,6 +123,54 @@ def bench_bands(workers, count=2000, size=64, bands=13):
         seconds, _ = timed(lambda: [pipeline.train(x) for x, _, _ in batches])
         row(f"N-band training pipeline, {bands} bands {size} px (images/s)", count / seconds,
             note="standardise, flip, rot90; CPU")
+
+
+# ---------------- --cpu-allocator: a training step with freed memory kept or given back ----------------
+def allocator_worker(allocator, size, batch, steps=6):
+    """One fresh process: ``steps`` ResNet-18 training steps (forward, backward, SGD) at ``size`` px on random
+    images, with ``allocator`` as the entry points apply it; prints the median of the steps after the first and
+    the peak resident memory."""
+    import resource
+
+    import torchvision
+
+    if allocator == "keep":
+        keep_freed_memory()
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=128).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images = torch.randn(batch, 3, size, size).to(memory_format=torch.channels_last)
+    seconds = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        model(images).square().mean().backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    uint8 = torch.randint(0, 256, (256, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    augment = [timed(lambda: train_augment(uint8))[0] for _ in range(steps)]
+    print(json.dumps({"step_s": float(np.median(seconds[1:])), "peak_mb": peak_mb,
+                      "augment_s": float(np.median(augment[1:])) / len(uint8)}))
+
+
+def bench_allocator(rounds=3):
+    """``--cpu-allocator keep`` against ``system``: fresh processes taking turns, medians of ``rounds``."""
+    for size, batch in ((256, 32), (64, 64)):
+        out = {"keep": [], "system": []}
+        for _ in range(rounds):
+            for allocator in out:
+                done = subprocess.run([sys.executable, __file__, "--allocator-worker", allocator, "--n", str(size),
+                                       "--batch", str(batch)], capture_output=True, text=True, check=True)
+                result = json.loads(done.stdout.splitlines()[-1])
+                out[allocator].append((result["step_s"], result["peak_mb"], 1 / result["augment_s"]))
+        keep, system = (np.median(np.array(out[a]), axis=0) for a in ("keep", "system"))
+        name = f"--cpu-allocator keep (ours) vs system (reference), {size} px"
+        row(f"{name}: ResNet-18 training step, batch {batch} (s)", keep[0], system[0], "s", "lower",
+            note=f"median of {rounds} processes")
+        row(f"{name}: its peak resident memory (MB)", keep[1], system[1], "MB", "lower")
+        row(f"{name}: augmentation of decoded images, batches of 256 (images/s)", keep[2], system[2],
+            note="after the training steps")
 
 
 # ---------------- kNN at NWPU size ----------------
@@ -279,16 +333,22 @@ def bench_whole(data, dataset, ext, rounds=3):
                                  "--device", "cpu", *data_flags],
                         "reference": [sys.executable, os.path.join(HERE, "reference_main.py"), "--memory", memory_kind,
                                       *data_flags]}
-            runs = {name: [] for name in commands}
-            for _ in range(rounds):
+            runs, startup = {name: [] for name in commands}, []
+            for k in range(rounds):
                 for name, command in commands.items():
-                    runs[name].append(run_process(command))
+                    run_name = f"{memory_kind}-{k}"
+                    runs[name].append(run_process([*command, "--run-name", run_name] if name == "ours" else command))
+                    if name == "ours":  # the command to the first training step, as the run records it
+                        with open(os.path.join(out, run_name, "metrics.jsonl")) as f:
+                            startup.append(json.loads(f.readline())["startup_s"])
             ours, ref = (np.median(np.array(runs[name]), axis=0) for name in ("ours", "reference"))
             name = f"whole process, {memory_kind.upper()}, ResNet-18 from scratch, 64 px, -b 64, 4 epochs"
             note = f"median of {rounds}, taking turns; {ours[0] / ref[0]:.2f} of the reference's time"
             row(f"{name}: wall (s)", ours[0], ref[0], "s", "lower", note=note)
             row(f"{name}: CPU (s)", ours[1], ref[1], "s", "lower")
             row(f"{name}: peak resident memory (MB)", ours[2], ref[2], "MB", "lower")
+            row(f"{name}: start-up, the command to the first training step (s)", float(np.median(startup)), unit="s",
+                note="imports, file check, decoding, model: `startup_s` of metrics.jsonl, median")
 
 
 # ---------------- GPU only ----------------
@@ -381,11 +441,19 @@ def bench_reference_loader(samples, size, workers, passes=3):
         note=f"{len(samples)} images x {passes} passes, workers started")
 
 
+KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
+                   "OMP_NUM_THREADS")  # environment settings that change which kernels run: named in the results
+
+
 def machine(device):
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}; torch {torch.__version__}; Python {platform.python_version()}"
+    forced = [f"{name}={os.environ[name]}" for name in KERNEL_SETTINGS if name in os.environ]
+    kernels = f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(forced)})" if forced
+                                                                                  else "")
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}; {kernels}; torch {torch.__version__}; "
+            f"Python {platform.python_version()}")
 
 
 def write_results(device, title):
@@ -407,13 +475,17 @@ def main():
     parser.add_argument("--dataset", default="RSSCN7", help="scene dataset folder under --data")
     parser.add_argument("--imgEXT", default="jpg", help="its image extension")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands", "whole"),
+    parser.add_argument("--only", nargs="+", choices=("data", "knn", "loss", "epoch", "bands", "whole", "allocator"),
                         help="CPU: run these benchmarks alone (default: all)")
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
+    parser.add_argument("--allocator-worker", choices=("keep", "system"), help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_worker:
         return loss_worker(args.loss_worker, args.n)
+    if args.allocator_worker:
+        return allocator_worker(args.allocator_worker, args.n, args.batch)
     root = os.path.join(args.data, args.dataset) if args.data else None
     splits = build_splits(root, args.imgEXT) if root and os.path.isdir(root) else None
     if args.gpu:
@@ -423,7 +495,7 @@ def main():
         bench_gpu(device)
         return write_results(device, "GPU benchmarks")
     device = torch.device("cpu")
-    only = set(args.only or ("data", "knn", "loss", "epoch", "bands", "whole"))
+    only = set(args.only or ("data", "knn", "loss", "epoch", "bands", "whole", "allocator"))
     if splits is None and only & {"data", "epoch", "whole"}:
         sys.exit("error: the data and epoch benchmarks need a scene dataset: give --data DIR --dataset NAME "
                  f"(--imgEXT EXT), DIR/NAME/<class>/<image>.EXT{'; there is none at ' + root if root else ''}")
@@ -440,6 +512,8 @@ def main():
             bench_epoch(splits, 64, args.workers, memory_kind, rounds=1 if args.quick else 3)
     if "bands" in only:
         bench_bands(args.workers, 500 if args.quick else 2000)
+    if "allocator" in only:
+        bench_allocator(1 if args.quick else 3)
     if "whole" in only:
         bench_whole(args.data, args.dataset, args.imgEXT, rounds=1 if args.quick else 3)
     write_results(device, "CPU benchmarks" + (" (--quick)" if args.quick else ""))
