@@ -26,17 +26,9 @@ import os
 import shutil
 import sys
 
-import numpy as np
-import torch
-
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import decoded_images  # noqa: E402
-from datasets.augment import pipeline_of  # noqa: E402
-from lib import plots  # noqa: E402
-from lib.device import resolve_precision  # noqa: E402
-from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.flags import (  # noqa: E402
     COUNT,
@@ -48,21 +40,7 @@ from lib.flags import (  # noqa: E402
     checkpoint_target,
     default_workers,
 )
-from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
-from lib.knn import knn_predict  # noqa: E402
-from lib.metrics import (  # noqa: E402
-    classification_report,
-    clustering_scores,
-    confusion_matrix,
-    knn_accuracies,
-    retrieval_scores,
-)
-from lib.robustness import D4, rotation_scores, transform, tta_embed  # noqa: E402
 
-KNN_KS = (1, 5, 10)
-WORST_SHOWN = 3  # classes named in the printed summary, lowest F1 first
-EXAMPLE_QUERIES, EXAMPLE_RESULTS = 8, 10
-THUMBNAIL = 32  # px, for TensorBoard's projector
 MIN_TSNE_POINTS = 3  # t-SNE's perplexity (at least 2 here) must stay below the number of points
 
 
@@ -92,10 +70,37 @@ def get_args_parser():
     return parser
 
 
-def main():
-    parser = get_args_parser()
-    args = parser.parse_args()
-    args.target, args.checkpoint = checkpoint_target(args, parser)
+if __name__ == "__main__":  # --help and bad flags answer here, before torch and the rest below are imported
+    PARSER = get_args_parser()
+    ARGS = PARSER.parse_args()
+    ARGS.target, ARGS.checkpoint = checkpoint_target(ARGS, PARSER)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from datasets import decoded_images  # noqa: E402
+from datasets.augment import pipeline_of  # noqa: E402
+from lib import plots  # noqa: E402
+from lib.device import resolve_precision  # noqa: E402
+from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
+from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
+from lib.knn import knn_predict  # noqa: E402
+from lib.metrics import (  # noqa: E402
+    classification_report,
+    clustering_scores,
+    confusion_matrix,
+    knn_accuracies,
+    retrieval_scores,
+)
+from lib.robustness import D4, rotation_scores, transform, tta_embed  # noqa: E402
+
+KNN_KS = (1, 5, 10)
+WORST_SHOWN = 3  # classes named in the printed summary, lowest F1 first
+EXAMPLE_QUERIES, EXAMPLE_RESULTS = 8, 10
+THUMBNAIL = 32  # px, for TensorBoard's projector
+
+
+def main(args):
     try:
         folder = evaluate(args)
     except InputError as error:  # under torchrun every rank stops alike: rank 0 says why
@@ -281,4 +286,4 @@ def summary(results):
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

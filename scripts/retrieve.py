@@ -14,26 +14,11 @@ import io
 import os
 import sys
 
-import numpy as np
-import torch
-
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PIL import Image  # noqa: E402
-
-from datasets import load_rgb  # noqa: E402
-from datasets.augment import pipeline_of  # noqa: E402
-from datasets.folder import decode_image, read_bands  # noqa: E402
-from lib.device import resolve_device, resolve_precision  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.flags import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
-from lib.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-BAND_EXTENSIONS = (".tif", ".tiff")  # the gallery files of an N-band run
-THUMBNAIL = 160  # px, in the HTML page
-EMBED_CHUNK = 256  # images decoded and embedded at a time
 
 
 def get_args_parser():
@@ -48,10 +33,28 @@ def get_args_parser():
     return parser
 
 
-def main():
-    parser = get_args_parser()
-    args = parser.parse_args()
-    args.target, args.checkpoint = checkpoint_target(args, parser)
+if __name__ == "__main__":  # --help and bad flags answer here, before torch and the rest below are imported
+    PARSER = get_args_parser()
+    ARGS = PARSER.parse_args()
+    ARGS.target, ARGS.checkpoint = checkpoint_target(ARGS, PARSER)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from datasets import load_rgb  # noqa: E402
+from datasets.augment import pipeline_of  # noqa: E402
+from datasets.folder import decode_image, read_bands  # noqa: E402
+from lib.device import resolve_device, resolve_precision  # noqa: E402
+from lib.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+BAND_EXTENSIONS = (".tif", ".tiff")  # the gallery files of an N-band run
+THUMBNAIL = 160  # px, in the HTML page
+EMBED_CHUNK = 256  # images decoded and embedded at a time
+
+
+def main(args):
     try:
         retrieve(args)
     except InputError as error:
@@ -162,4 +165,4 @@ def html_page(query, results, pipeline):
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

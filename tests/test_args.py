@@ -143,7 +143,7 @@ print("torch imported:", "torch" in sys.modules)
 
 @pytest.mark.slow  # starts entry points or trains a network
 @pytest.mark.parametrize("script", ["train_SNCA_CE/main.py", "train_SNCA_CE_MC/main.py", "scripts/check_dataset.py",
-                                    "scripts/make_tables.py"])
+                                    "scripts/make_tables.py", "scripts/evaluate.py", "scripts/retrieve.py"])
 def test_help_does_not_import_torch(script):
     done = subprocess.run([sys.executable, "-c", PROBE, os.path.join(REPO, script)], capture_output=True, text=True,
                           timeout=120)
