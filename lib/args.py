@@ -8,8 +8,6 @@ Everything is checked here, before a folder or a file is written: each number ag
 (``error: argument --temperature: must be > 0, got 0``), then the paths, then, on ``--resume``, the flags that
 define the experiment against its checkpoint. This module imports no torch, so ``--help`` answers at once.
 """
-import argparse
-import os
 
 from datasets.presets import PRESETS
 from lib.errors import InputError
@@ -23,24 +21,19 @@ from lib.flags import (
     ArgumentParser,
     Range,
     band_list,
-    check_data,
+    check_companions,
+    check_paths,
     default_workers,
     rgb_bands,
 )
 from lib.options import MEMORIES, METHODS, offered
+from lib.resume import flag_names, given_flags, resume_experiment
 from models import ARCHS
 
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
 KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extracted training embeddings
 FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
-# Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
-LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile", "cpu_allocator")
-# Flags a resume may change, recorded in the run's history.jsonl; every other flag defines the experiment (the
-# split and its fractions and seed, the bands, --rot90, the memory and its flags, --key-bn, ...): a resume takes
-# it from the checkpoint, and refuses a value that differs. --sync-bn belongs to the process layout, like the
-# number of ranks a run may resume on: with it, any number of ranks normalises as the one process did.
-MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every", "sync_bn")
 
 
 def get_args_parser(memory="mb"):
@@ -175,7 +168,7 @@ def parse_args(memory, argv=None):
     parser = get_args_parser(memory)
     args = parser.parse_args(argv)
     try:
-        given = given_flags(memory, argv)
+        given = given_flags(get_args_parser(memory), argv)
         if args.resume:
             resume_experiment(args, memory, given, flag_names(parser))
         check_companions(args, given)
@@ -183,76 +176,6 @@ def parse_args(memory, argv=None):
     except InputError as error:
         parser.error(str(error))
     return args
-
-
-def given_flags(memory, argv=None):
-    """The destinations of the flags given on the command line: the same parser with every default suppressed."""
-    probe = get_args_parser(memory)
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS
-    return set(vars(probe.parse_args(argv))) - set(probe._defaults)
-
-
-def flag_names(parser):
-    """{destination: the flag's long name} (``batch_size``: ``--batch-size``)."""
-    return {action.dest: next((o for o in action.option_strings if o.startswith("--")), action.dest)
-            for action in parser._actions if action.option_strings}
-
-
-def resume_experiment(args, entry_point, given, names):
-    """On ``--resume``: every flag the checkpoint recorded and not given is taken from it (those of ``LOCAL``
-    excepted); a given flag that defines the experiment and differs is refused, all of them in one line."""
-    from lib.checkpoint import load_state, resolve_resume  # torch: only when resuming
-
-    args.resume = resolve_resume(args.resume, args.out, args.run_name)
-    saved = load_state(args.resume)["args"]
-    trained = MEMORIES[saved.get("memory", entry_point)]
-    if trained.entry_point != entry_point:
-        script = "train_SNCA_CE/main.py" if trained.entry_point == "mb" else "train_SNCA_CE_MC/main.py"
-        raise InputError(f"--resume {args.resume}: a run of {trained.title.split(':')[0]}; resume it with {script}")
-    differ = []
-    for dest, value in saved.items():
-        if dest not in names or dest in LOCAL:
-            continue
-        if dest not in given:
-            setattr(args, dest, value)
-        elif dest not in MAY_CHANGE and getattr(args, dest) != value:
-            differ.append(f"{names[dest]} {shown(value)} (given {shown(getattr(args, dest))})")
-    if differ:
-        raise InputError(f"--resume {args.resume}: the run was trained with {', '.join(differ)}; leave these flags "
-                         "out to continue it, or train a new run with them")
-
-
-def check_companions(args, given):
-    """A flag that means something only beside another is refused when given without it, not ignored."""
-    n_band = args.bands or (args.dataset in PRESETS and PRESETS[args.dataset].bands)
-    for dest, flag in (("rgb_bands", "--rgb-bands"), ("rot90", "--rot90")):
-        if dest in given and not n_band:
-            raise InputError(f"{flag} applies to N-band images: give --bands (or an N-band --dataset preset), or "
-                             f"leave {flag} out")
-    for dest, flag in (("seen_fraction", "--seen-fraction"), ("train_fraction", "--train-fraction")):
-        if dest in given and args.split != "unseen":
-            raise InputError(f"{flag} applies to --split unseen: give --split unseen, or leave {flag} out")
-
-
-def shown(value):
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
-
-
-def check_paths(args):
-    """The paths given, before anything is written: each exists as the kind it must be (``--weights`` only for a
-    new run), a new run's folder does not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
-    if args.weights is not None and not args.resume and not os.path.isfile(args.weights):  # a resume loads none
-        raise InputError(f"--weights {args.weights}: no such file")
-    for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
-        if path is not None and os.path.exists(path) and not os.path.isdir(path):
-            raise InputError(f"{flag} {path} is a file: give a folder")
-    if args.run_name is not None and (os.path.basename(args.run_name) != args.run_name or args.run_name in (".", "..")):
-        raise InputError(f"--run-name {args.run_name}: a name, not a path (the run folder is <--out>/<name>)")
-    if not args.resume and args.run_name and os.path.exists(os.path.join(args.out, args.run_name)):
-        raise InputError(f"run folder {os.path.join(args.out, args.run_name)} already exists: choose another "
-                         "--run-name, or --resume it")
-    check_data(args.data, args.dataset)
 
 
 def divergence_hint(args):

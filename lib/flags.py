@@ -1,5 +1,6 @@
 """Building blocks of the command lines of the entry points and the scripts: numbers checked against their
-range while parsing, errors on one line, help that states each default once, the dataset folder checked."""
+range while parsing, errors on one line, help that states each default once; then the checks of the parsed
+flags: against each other (``check_companions``), the paths and the dataset folder (``check_paths``)."""
 import argparse
 import math
 import os
@@ -124,3 +125,31 @@ def checkpoint_target(args, parser):
     if args.target is not None:
         parser.error(f"give the trained run once: RUN_DIR {args.target} or --checkpoint {args.checkpoint}, not both")
     return args.checkpoint, "best"
+
+
+def check_companions(args, given):
+    """A flag that means something only beside another is refused when given without it, not ignored."""
+    n_band = args.bands or (args.dataset in PRESETS and PRESETS[args.dataset].bands)
+    for dest, flag in (("rgb_bands", "--rgb-bands"), ("rot90", "--rot90")):
+        if dest in given and not n_band:
+            raise InputError(f"{flag} applies to N-band images: give --bands (or an N-band --dataset preset), or "
+                             f"leave {flag} out")
+    for dest, flag in (("seen_fraction", "--seen-fraction"), ("train_fraction", "--train-fraction")):
+        if dest in given and args.split != "unseen":
+            raise InputError(f"{flag} applies to --split unseen: give --split unseen, or leave {flag} out")
+
+
+def check_paths(args):
+    """The paths given, before anything is written: each exists as the kind it must be (``--weights`` only for a
+    new run), a new run's folder does not, and ``--data`` is the folder holding the dataset, not the dataset itself."""
+    if args.weights is not None and not args.resume and not os.path.isfile(args.weights):  # a resume loads none
+        raise InputError(f"--weights {args.weights}: no such file")
+    for flag, path in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if path is not None and os.path.exists(path) and not os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a file: give a folder")
+    if args.run_name is not None and (os.path.basename(args.run_name) != args.run_name or args.run_name in (".", "..")):
+        raise InputError(f"--run-name {args.run_name}: a name, not a path (the run folder is <--out>/<name>)")
+    if not args.resume and args.run_name and os.path.exists(os.path.join(args.out, args.run_name)):
+        raise InputError(f"run folder {os.path.join(args.out, args.run_name)} already exists: choose another "
+                         "--run-name, or --resume it")
+    check_data(args.data, args.dataset)

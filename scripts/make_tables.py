@@ -33,8 +33,8 @@ from matplotlib.figure import Figure
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.args import MAY_CHANGE  # noqa: E402
 from lib.flags import ArgumentParser  # noqa: E402
+from lib.resume import MAY_CHANGE  # noqa: E402
 
 NAMES = {"snca-ce": "SNCA-CE", "snca": "SNCA", "d-cnn": "D-CNN", "triplet": "Triplet"}  # also the row order
 MEMORY_NAMED = {"snca-ce", "snca"}  # the methods trained with either memory; the baselines use the bank only

@@ -153,7 +153,7 @@ def test_help_does_not_import_torch(script):
 
 def test_given_flags_are_told_from_defaults_in_every_spelling():
     argv = ["--learning-rate=0.5", "-b16", "--m-mem", "0.3", "--epochs", "130", "--pretrained", "none"]
-    assert given_flags("mb", argv) == {"lr", "batch_size", "memory_momentum", "epochs", "pretrained"}
+    assert given_flags(get_args_parser("mb"), argv) == {"lr", "batch_size", "memory_momentum", "epochs", "pretrained"}
 
 
 def test_a_diverging_run_says_why_and_what_to_try(monkeypatch):
