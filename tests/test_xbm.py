@@ -136,3 +136,21 @@ def test_two_ranks_hold_the_same_queue_and_train_as_one_process(image_tree, tmp_
     assert torch.equal(a["memory"]["head"], b["memory"]["head"])
     # two float32 steps in another summation order (test_ddp.py: the memory rows agree to 5e-5)
     torch.testing.assert_close(b["memory"]["queue"], a["memory"]["queue"], rtol=0, atol=5e-5)
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_the_queue_exactly(image_tree, tmp_path):
+    """Two epochs on two ranks, against one epoch on two ranks resumed for a second on two ranks: the same process
+    layout, so the queue, its labels, indices and head, the weights and the logged values are equal bit for bit."""
+    out = str(tmp_path / "runs")
+    straight = launch("mb", *flags(image_tree, out, *XBM, "--sync-bn", run_name="straight"), cwd=tmp_path)
+    first = launch("mb", *flags(image_tree, out, *XBM, "--sync-bn", epochs=1, run_name="split"), cwd=tmp_path)
+    resumed = launch("mb", *flags(image_tree, out, *XBM, "--sync-bn", "--resume", os.path.join(out, "split"),
+                                  run_name="split"), cwd=tmp_path)
+    assert straight.returncode == first.returncode == resumed.returncode == 0, straight.stderr + resumed.stderr
+    a, b = (last_state(os.path.join(out, name)) for name in ("straight", "split"))
+    assert a["epoch"] == b["epoch"] == 2 and a["world_size"] == b["world_size"] == 2
+    for part in ("memory", "model"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    assert untimed(metrics(os.path.join(out, "straight"))) == untimed(metrics(os.path.join(out, "split")))
