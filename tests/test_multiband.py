@@ -301,3 +301,54 @@ def test_two_ranks_train_n_band_images_as_one_process(band_data, tmp_path):
     folders = [str(tmp_path / name / "r") for name in ("one", "two")]
     assert_close_metrics(metrics(folders[1]), metrics(folders[0]), range(1, 3))
     assert Path(folders[0], "band_stats.json").read_text() == Path(folders[1], "band_stats.json").read_text()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "float64"])
+def test_decoding_keeps_the_files_type_and_resizes_as_torchvision(dtype, tmp_path):
+    """Each band resized as torchvision's Resize resizes a float tensor (bilinear, antialiased), integers rounded
+    back to the files' type; kept at that type (float64 as float32), so a uint16 archive takes 2 bytes a value; a
+    file already at the size is kept bit for bit. Band 3 before band 1: the chosen bands in the chosen order."""
+    from datasets.cache import decode_all
+
+    rng = np.random.default_rng(0)
+    top = np.iinfo(dtype).max if dtype.startswith(("uint", "int")) else 1.0
+    arrays = [(rng.random((4, size, size)) * top).astype(dtype) for size in (40, 32)]
+    paths = []
+    for k, array in enumerate(arrays):
+        os.makedirs(tmp_path / "c", exist_ok=True)
+        paths.append(str(tmp_path / "c" / f"{k}.tif"))
+        write_bands(paths[-1], array)
+    layout = band_input("3,1", None, 4, dtype)
+    decoded = decode_all([(p, 0) for p in paths], 32, 0, layout)                                # (2, 2, 32, 32)
+    assert decoded.dtype == torch.from_numpy(np.empty(0, layout.stored_dtype)).dtype and decoded.shape == (2, 2, 32, 32)
+    chosen = torch.from_numpy(arrays[0][[2, 0]].astype(np.float64))                            # (2, 40, 40)
+    want = torchvision.transforms.functional.resize(chosen.float(), [32, 32], antialias=True)
+    if dtype.startswith(("uint", "int")):
+        want = want.round().clamp(np.iinfo(dtype).min, np.iinfo(dtype).max)
+    assert torch.equal(decoded[0].double(), want.to(decoded.dtype).double())
+    assert np.array_equal(decoded[1].numpy(), arrays[1][[2, 0]].astype(layout.stored_dtype))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype, scale", [("uint8", 1 / 4), ("float32", 1e-4)])
+def test_eight_bit_and_float_bands_train(dtype, scale, tmp_path):
+    """The same generated scenes as 3-band uint8 (reflectances / 4) and float32 (reflectances x 1e-4) files: MB
+    trains a first epoch from them, with finite losses, and records their type and the training split's mean per
+    band (numpy's float64 mean over the training files)."""
+    data = tmp_path / "data"
+    make_band_tree(str(data / "uint16"), 3)
+    for path in sorted((data / "uint16").rglob("*.tif")):
+        target = data / dtype / path.relative_to(data / "uint16")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_bands(str(target), (read_bands(str(path)) * scale).astype(dtype))
+    done = run("mb", *small(str(data), dtype, str(tmp_path / "runs"), "run", 1), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    folder = tmp_path / "runs" / "run"
+    assert all(np.isfinite(m["loss"]) for m in metrics(str(folder)))
+    recorded = json.loads(Path(folder, "band_stats.json").read_text())
+    train = [line.split()[0] for line in Path(folder, "splits", "train.txt").read_text().splitlines()]
+    files = np.stack([read_bands(str(data / dtype / name)).astype(np.float64) for name in train])  # (N, 3, S, S)
+    assert recorded["dtype"] == dtype and recorded["count"] == 3
+    # float64 sums of n values per band (float32 files: exact in float64): both within n * eps64 of the exact mean
+    tolerance = files[:, 0].size * np.finfo(np.float64).eps
+    np.testing.assert_allclose(recorded["mean"], files.mean(axis=(0, 2, 3)), rtol=tolerance)
