@@ -286,17 +286,18 @@ def test_resuming_with_other_bands_is_refused_in_one_line():
 
 
 @pytest.mark.slow
-def test_two_ranks_train_n_band_images_as_one_process(band_data, tmp_path):
-    """torchrun on 2 Gloo ranks, 4 bands with --rot90, against one one-thread process in test_ddp's setting (MB, the
-    epoch in one batch, BatchNorm over the global batch, a learning rate low enough that the two summation orders
-    stay within test_ddp.RTOL)."""
+@pytest.mark.parametrize("method", ["mb", "mu"])
+def test_two_ranks_train_n_band_images_as_one_process(method, band_data, tmp_path):
+    """torchrun on 2 Gloo ranks, 4 bands with --rot90, against one one-thread process in test_ddp's setting (the
+    epoch in one batch, BatchNorm over the global batch, MU's key encoder's too (--key-bn sync), a learning rate low
+    enough that the two summation orders stay within test_ddp.RTOL)."""
     from test_ddp import assert_close_metrics, launch
 
     flags = ["--data", band_data, "--dataset", "ms4", "--bands", "all", "--rot90", "--image-size", "32", "-b", "32",
              "--num_workers", "0", "--pretrained", "none", "--device", "cpu", "--lr", "1e-4", "--epochs", "2",
              "--sync-bn"]
-    one = launch("mb", *flags, "--out", str(tmp_path / "one"), "--run-name", "r", ranks=1, cwd=tmp_path)
-    two = launch("mb", *flags, "--out", str(tmp_path / "two"), "--run-name", "r", cwd=tmp_path)
+    one = launch(method, *flags, "--out", str(tmp_path / "one"), "--run-name", "r", ranks=1, cwd=tmp_path)
+    two = launch(method, *flags, "--out", str(tmp_path / "two"), "--run-name", "r", cwd=tmp_path)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     folders = [str(tmp_path / name / "r") for name in ("one", "two")]
     assert_close_metrics(metrics(folders[1]), metrics(folders[0]), range(1, 3))
