@@ -259,3 +259,43 @@ def test_retrieve_finds_the_query_itself_and_refreshes_its_cache(trained, image_
     assert "embedded 1 new or changed" in done.stderr
     listed = [line.split()[2] for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
     assert sorted(listed) == sorted(str(f) for f in files[1:])
+
+
+def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trained, image_tree):
+    """On a reference-split run the database is the training split, apart from the queries: with --tta d4 each of
+    its images is the renormalised mean of the checkpoint's embeddings of its 8 symmetries, as the queries are;
+    --rotations scores the rotated queries against that database, the identity row being the plain scores."""
+    from datasets import decoded_images
+    from lib.device import resolve_precision
+    from lib.inference import embed
+    from lib.robustness import D4, transform
+
+    done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", "--tta", "d4",
+                      "--rotations", cwd=trained)
+    assert done.returncode == 0, done.stderr
+    folder = os.path.join(trained, "eval", "test-tta-d4")
+    saved = dict(np.load(os.path.join(folder, "embeddings.npz")))
+    state = torch.load(os.path.join(trained, "checkpoints", "best.pt"), weights_only=True)
+    model = EmbeddingNet(state["args"]["model"], state["args"]["dim"], state["num_classes"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    cpu = torch.device("cpu")
+    for name in ("database", "queries"):
+        paths = saved["database_paths" if name == "database" else "query_paths"]
+        images = decoded_images([(os.path.join(image_tree, "tiny", p), 0) for p in paths], 32, 0)  # (n, 3, 32, 32)
+        each = torch.stack([embed(model, transform(images, t), torch.zeros(len(images), dtype=torch.long), cpu,
+                                  resolve_precision(cpu, "none")) for t in D4])                  # (8, n, D)
+        want = torch.nn.functional.normalize(each.double().mean(0), dim=1)
+        # float32 embeddings of unit norm, 8 of them summed and renormalised in float32 by evaluate.py: well
+        # within 1e-5 of the float64 mean (test_unseen.py makes the same comparison on an unseen run)
+        np.testing.assert_allclose(saved[name], want.numpy(), rtol=0, atol=1e-5)
+    assert len(saved["database_paths"]) == 32 and not set(saved["database_paths"]) & set(saved["query_paths"])
+
+    results = json.loads(Path(folder, "results.json").read_text())
+    rotations = results["rotations"]
+    assert results["database"] == "train" and set(rotations) == set(D4) | {"worst"}
+    assert rotations["identity"]["map"] == pytest.approx(results["retrieval"]["map"], abs=1e-12)
+    assert rotations["identity"]["knn_oa"] == pytest.approx(results["knn"]["10"]["overall"], abs=1e-12)
+    worst = rotations["worst"]
+    assert worst["map"] == min(rotations[t]["map"] for t in D4) == rotations[worst["map_transform"]]["map"]
+    assert worst["knn_oa"] == min(rotations[t]["knn_oa"] for t in D4) == rotations[worst["knn_oa_transform"]]["knn_oa"]
