@@ -18,8 +18,7 @@ from datasets.folder import (
     SPLIT_NAMES,
     InputError,
     band_header,
-    build_splits,
-    build_unseen_split,
+    build_split,
     list_class_files,
     read_bands,
     to_rgb,
@@ -148,9 +147,7 @@ def check_dataset(root, ext, split_seed=42, full=False, workers=1, skip_bad=Fals
         problems += [("size", p, f"{size[0]}x{size[1]}, most are {common[0]}x{common[1]}")
                      for p, (_, size, _) in zip(paths, found) if size and size != common]
 
-    exclude = bad if skip_bad else ()
-    splits = (build_unseen_split(root, ext, split_seed, *fractions, exclude=exclude) if split == "unseen"
-              else build_splits(root, ext, split_seed, exclude=exclude))
+    splits = build_split(root, ext, split_seed, split, fractions, exclude=bad if skip_bad else ())
     split_of = {path: split for split in SPLIT_NAMES for path, _ in splits[split]}
     for group in duplicates([p for p in paths if p not in bad]):
         for path in group[1:]:

@@ -108,6 +108,14 @@ def build_unseen_split(root, ext="tif", seed=42, seen_fraction=0.8, train_fracti
     return splits
 
 
+def build_split(root, ext, seed, kind="reference", fractions=(0.8, 0.8), exclude=()):
+    """The split a run trains on (``--split``): ``build_splits``, or for 'unseen' ``build_unseen_split`` with
+    ``fractions`` = (seen classes, training images of a seen class)."""
+    if kind == "unseen":
+        return build_unseen_split(root, ext, seed, *fractions, exclude=exclude)
+    return build_splits(root, ext, seed, exclude=exclude)
+
+
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's 16-bit (and 32-bit integer) grey modes
 SIXTEEN_BIT_MAX = 65535
 

@@ -6,11 +6,11 @@ import sys
 
 import torch
 
-from datasets import DecodingBatches, TensorBatches, build_splits, decoded_images, make_synthetic
+from datasets import DecodingBatches, TensorBatches, decoded_images, make_synthetic
 from datasets.augment import BandPipeline
 from datasets.bands import BandError, run_band_input, training_statistics
 from datasets.check import check_dataset, summary
-from datasets.folder import build_unseen_split
+from datasets.folder import build_split
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from errors import InputError
 from lib.distributed import in_turn, on_main
@@ -60,11 +60,8 @@ def checked_splits(root, args, dist):
     """The reference split (``--split unseen``: the authors' class-disjoint one), after the file check (made by
     rank 0 alone under torchrun, its report shared)."""
     report = on_main(dist, file_check, root, args)
-    if getattr(args, "split", "reference") == "unseen":
-        splits = build_unseen_split(root, args.imgEXT, args.split_seed, args.seen_fraction, args.train_fraction,
-                                    exclude=report["bad"])
-    else:
-        splits = build_splits(root, ext=args.imgEXT, seed=args.split_seed, exclude=report["bad"])
+    splits = build_split(root, args.imgEXT, args.split_seed, args.split, (args.seen_fraction, args.train_fraction),
+                         exclude=report["bad"])
     num_images = sum(len(splits[s]) for s in ("train", "val", "test")) + len(report["bad"])
     if (mismatch := preset_mismatch(args.dataset, len(splits["classes"]), num_images)) and dist.is_main:
         print(f"warning: {mismatch}", file=sys.stderr)
