@@ -160,7 +160,7 @@ def bench_allocator(rounds=3):
         out = {"keep": [], "system": []}
         for _ in range(rounds):
             for allocator in out:
-                done = subprocess.run([sys.executable, __file__, "--allocator-worker", allocator, "--n", str(size),
+                done = subprocess.run([sys.executable, __file__, "--allocator-worker", allocator, "--size", str(size),
                                        "--batch", str(batch)], capture_output=True, text=True, check=True)
                 result = json.loads(done.stdout.splitlines()[-1])
                 out[allocator].append((result["step_s"], result["peak_mb"], 1 / result["augment_s"]))
@@ -335,12 +335,11 @@ def bench_whole(data, dataset, ext, rounds=3):
                                       *data_flags]}
             runs, startup = {name: [] for name in commands}, []
             for k in range(rounds):
-                for name, command in commands.items():
-                    run_name = f"{memory_kind}-{k}"
-                    runs[name].append(run_process([*command, "--run-name", run_name] if name == "ours" else command))
-                    if name == "ours":  # the command to the first training step, as the run records it
-                        with open(os.path.join(out, run_name, "metrics.jsonl")) as f:
-                            startup.append(json.loads(f.readline())["startup_s"])
+                run_name = f"{memory_kind}-{k}"
+                runs["ours"].append(run_process([*commands["ours"], "--run-name", run_name]))
+                with open(os.path.join(out, run_name, "metrics.jsonl")) as f:  # the command to the first step
+                    startup.append(json.loads(f.readline())["startup_s"])
+                runs["reference"].append(run_process(commands["reference"]))
             ours, ref = (np.median(np.array(runs[name]), axis=0) for name in ("ours", "reference"))
             name = f"whole process, {memory_kind.upper()}, ResNet-18 from scratch, 64 px, -b 64, 4 epochs"
             note = f"median of {rounds}, taking turns; {ours[0] / ref[0]:.2f} of the reference's time"
@@ -480,12 +479,13 @@ def main():
     parser.add_argument("--loss-worker", choices=("reference", "chunked"), help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=1_000_000, help=argparse.SUPPRESS)
     parser.add_argument("--allocator-worker", choices=("keep", "system"), help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=256, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=32, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loss_worker:
         return loss_worker(args.loss_worker, args.n)
     if args.allocator_worker:
-        return allocator_worker(args.allocator_worker, args.n, args.batch)
+        return allocator_worker(args.allocator_worker, args.size, args.batch)
     root = os.path.join(args.data, args.dataset) if args.data else None
     splits = build_splits(root, args.imgEXT) if root and os.path.isdir(root) else None
     if args.gpu:
