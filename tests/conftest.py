@@ -284,6 +284,33 @@ def entry_runs(image_tree, tmp_path_factory):
 WALL_CLOCK = ("time_s", "startup_s")  # seconds measured by the clock: differ between any two runs
 
 
+def trained_network(run_dir):
+    """The network of a run's best.pt in eval mode, built here from the checkpoint's recorded arguments."""
+    import torch
+
+    from models import EmbeddingNet
+
+    state = torch.load(os.path.join(run_dir, "checkpoints", "best.pt"), weights_only=True)
+    model = EmbeddingNet(state["args"]["model"], state["args"]["dim"], state["num_classes"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def d4_mean_embeddings(model, images):
+    """The oracle of --tta d4 on a uint8 (n, 3, S, S) batch: the float64 mean over the 8 symmetries of the square
+    of the network's embeddings, renormalised; (n, D)."""
+    import torch
+
+    from lib.device import resolve_precision
+    from lib.inference import embed
+    from lib.robustness import D4, transform
+
+    cpu, labels = torch.device("cpu"), torch.zeros(len(images), dtype=torch.long)
+    each = torch.stack([embed(model, transform(images, t), labels, cpu, resolve_precision(cpu, "none"))
+                        for t in D4])                                                              # (8, n, D)
+    return torch.nn.functional.normalize(each.double().mean(0), dim=1)
+
+
 def untimed(lines):
     """Metrics lines without the wall-clock fields, for comparing two runs of the same computation."""
     return [{k: v for k, v in m.items() if k not in WALL_CLOCK} for m in lines]

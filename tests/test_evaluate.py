@@ -19,9 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_entry_points import SCRIPTS, small_run
 
-from models import EmbeddingNet
-
-from conftest import REPO, run_script
+from conftest import REPO, d4_mean_embeddings, run_script, trained_network
 
 pytestmark = pytest.mark.slow  # every test here trains a network
 
@@ -58,10 +56,7 @@ def test_training_draws_its_learning_curve(trained):
 
 def test_embeddings_are_the_checkpoints_on_the_reference_eval_transform(trained, evaluated, image_tree):
     saved = dict(np.load(os.path.join(evaluated, "embeddings.npz")))
-    state = torch.load(os.path.join(trained, "checkpoints", "best.pt"), weights_only=True)
-    model = EmbeddingNet(state["args"]["model"], state["args"]["dim"], state["num_classes"])
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = trained_network(trained)
     transform = T.Compose([T.Resize((32, 32)), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406),
                                                                           (0.229, 0.224, 0.225))])
     rows = Path(trained, "splits", "test.txt").read_text().splitlines()
@@ -266,26 +261,18 @@ def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trai
     its images is the renormalised mean of the checkpoint's embeddings of its 8 symmetries, as the queries are;
     --rotations scores the rotated queries against that database, the identity row being the plain scores."""
     from datasets import decoded_images
-    from lib.device import resolve_precision
-    from lib.inference import embed
-    from lib.robustness import D4, transform
+    from lib.robustness import D4
 
     done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", "--tta", "d4",
                       "--rotations", cwd=trained)
     assert done.returncode == 0, done.stderr
     folder = os.path.join(trained, "eval", "test-tta-d4")
     saved = dict(np.load(os.path.join(folder, "embeddings.npz")))
-    state = torch.load(os.path.join(trained, "checkpoints", "best.pt"), weights_only=True)
-    model = EmbeddingNet(state["args"]["model"], state["args"]["dim"], state["num_classes"])
-    model.load_state_dict(state["model"])
-    model.eval()
-    cpu = torch.device("cpu")
+    model = trained_network(trained)
     for name in ("database", "queries"):
         paths = saved["database_paths" if name == "database" else "query_paths"]
         images = decoded_images([(os.path.join(image_tree, "tiny", p), 0) for p in paths], 32, 0)  # (n, 3, 32, 32)
-        each = torch.stack([embed(model, transform(images, t), torch.zeros(len(images), dtype=torch.long), cpu,
-                                  resolve_precision(cpu, "none")) for t in D4])                  # (8, n, D)
-        want = torch.nn.functional.normalize(each.double().mean(0), dim=1)
+        want = d4_mean_embeddings(model, images)                                                    # (n, D)
         # float32 embeddings of unit norm, 8 of them summed and renormalised in float32 by evaluate.py: well
         # within 1e-5 of the float64 mean (test_unseen.py makes the same comparison on an unseen run)
         np.testing.assert_allclose(saved[name], want.numpy(), rtol=0, atol=1e-5)

@@ -21,13 +21,10 @@ from test_make_tables import MAKE_TABLES, read_markdown, write_run
 from datasets import decoded_images
 from datasets.folder import build_unseen_split
 from lib.args import get_args_parser
-from lib.device import resolve_precision
-from lib.inference import embed
-from lib.robustness import D4, transform
-from models import EmbeddingNet
+from lib.robustness import D4
 from scripts.make_tables import TRANSFORMS
 
-from conftest import REPO, make_image_tree, run_script
+from conftest import REPO, d4_mean_embeddings, make_image_tree, run_script, trained_network
 
 EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 CLASSES, PER_CLASS = 6, 6  # int(0.8 x 6) = 4 seen classes (4 train, 2 val images each), 2 unseen (12 test images)
@@ -154,16 +151,9 @@ def test_tta_d4_embeds_each_image_as_its_mean_over_the_symmetries(unseen_run):
     results = json.loads(Path(folder, "results.json").read_text())
     assert results["tta"] == "d4"
     saved = dict(np.load(os.path.join(folder, "embeddings.npz")))
-    state = torch.load(os.path.join(run, "checkpoints", "best.pt"), weights_only=True)
-    model = EmbeddingNet(state["args"]["model"], state["args"]["dim"], state["num_classes"])
-    model.load_state_dict(state["model"])
-    model.eval()
     samples = [(os.path.join(root, p), 0) for p in saved["query_paths"]]
     images = decoded_images(samples, 32, 0)                                             # (12, 3, 32, 32)
-    cpu = torch.device("cpu")
-    each = torch.stack([embed(model, transform(images, t), torch.zeros(12, dtype=torch.long), cpu,
-                              resolve_precision(cpu, "none")) for t in D4])                # (8, 12, D)
-    want = F.normalize(each.double().mean(0), dim=1)
+    want = d4_mean_embeddings(trained_network(run), images)                             # (12, D)
     np.testing.assert_allclose(saved["queries"], want.numpy(), rtol=0, atol=1e-5)  # float32 embeddings, summed
 
 
