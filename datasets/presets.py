@@ -39,6 +39,11 @@ PRESETS["EuroSATallBands"] = PRESETS["EuroSAT_MS"]._replace(
     inner="ds/images/remote_sensing/otherDatasets/sentinel_2/tif")
 
 
+def bands_of(dataset, bands=None):
+    """``--bands`` as given, else the ``--dataset`` preset's (EuroSAT_MS: all); None: 8-bit RGB images."""
+    return bands or (PRESETS[dataset].bands if dataset in PRESETS else None)
+
+
 def dataset_root(data, dataset):
     """``<data>/<dataset>``, or its preset's inner folder when the archive was unpacked as published."""
     root = os.path.join(data, dataset)

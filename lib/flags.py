@@ -5,7 +5,7 @@ import argparse
 import math
 import os
 
-from datasets.presets import PRESETS
+from datasets.presets import PRESETS, bands_of
 from lib.errors import InputError
 
 MAX_WORKERS = 4  # default decoding processes, fewer on a machine with fewer cores
@@ -129,9 +129,8 @@ def checkpoint_target(args, parser):
 
 def check_companions(args, given):
     """A flag that means something only beside another is refused when given without it, not ignored."""
-    n_band = args.bands or (args.dataset in PRESETS and PRESETS[args.dataset].bands)
     for dest, flag in (("rgb_bands", "--rgb-bands"), ("rot90", "--rot90")):
-        if dest in given and not n_band:
+        if dest in given and not bands_of(args.dataset, args.bands):
             raise InputError(f"{flag} applies to N-band images: give --bands (or an N-band --dataset preset), or "
                              f"leave {flag} out")
     for dest, flag in (("seen_fraction", "--seen-fraction"), ("train_fraction", "--train-fraction")):

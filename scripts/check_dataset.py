@@ -13,7 +13,7 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.presets import PRESETS, dataset_root, preset_mismatch  # noqa: E402
+from datasets.presets import PRESETS, bands_of, dataset_root, preset_mismatch  # noqa: E402
 from lib.args import FRACTION  # noqa: E402
 from lib.errors import InputError, one_line  # noqa: E402
 from lib.flags import COUNT, SEED, ArgumentParser, band_list, check_data  # noqa: E402
@@ -47,7 +47,7 @@ def main():
     from datasets.folder import SPLIT_NAMES
 
     ext = args.imgEXT or (PRESETS[args.dataset].ext if args.dataset in PRESETS else "tif")
-    bands = args.bands or (PRESETS[args.dataset].bands if args.dataset in PRESETS else None)
+    bands = bands_of(args.dataset, args.bands)
     try:
         check_data(args.data, args.dataset)
         root = dataset_root(args.data, args.dataset)
