@@ -16,7 +16,6 @@ EMPTY = -1  # the dataset index of a slot never written
 
 
 class CrossBatchMemory(MemoryVariant):
-    name = "xbm"  # title, entry point and flags: lib.options
     options = {"queue_size": "queue_size"}
 
     def __init__(self, labels, dim, queue_size=8192, dtype=torch.float32, temperature=0.05, margin=0.0):

@@ -1,6 +1,6 @@
 """What the training loop, validation, checkpoints, ``--compile`` and torchrun know of a memory: one small
-interface, which each variant implements in its own file (``memory_bank.py`` MB, ``momentum_update.py`` MU,
-``cross_batch_memory.py`` XBM) and ``lib.methods.MEMORIES`` lists.
+interface, which each variant implements in its own file (``memory_bank.py`` MB, ``momentum_update.py`` MU, and
+the others that ``lib.options.MEMORIES`` declares: where the class lives, its title, entry point and flags).
 
 A variant owns its whole state as buffers and submodules (MU: its key encoder), so its ``state_dict`` is the
 checkpoint's memory entry. Per step the loop calls ``loss`` (against the memory as it is before the step),
@@ -10,31 +10,13 @@ writes, so that every rank's memory stays identical (``lib.distributed``).
 import torch
 from torch import nn
 
-from lib.options import MEMORIES as OPTIONS
-
 
 class MemoryVariant(nn.Module):
     """The interface, with the defaults of a memory that has no schedule, no kNN reference and no network."""
 
-    name = ""            # the --memory value; its title, entry point and flags are lib.options.MEMORIES[name]'s
-    title = ""           # one line for --help
-    entry_point = "mb"   # the entry point whose --memory offers it (lib.options.offered)
     reference = "extracted"  # the kNN reference that picks best.pt: 'bank' (reference_rows) or 'extracted'
     momentum = None      # the memory momentum of the current epoch, logged as memory_momentum (None: it has none)
     options = {}         # constructor keyword -> the flag (args attribute) that sets it, for ``build``
-
-    @classmethod
-    def add_arguments(cls, group):
-        """The variant's own flags, in its ``--help`` group."""
-
-    def __init_subclass__(cls, **kwargs):
-        """A variant takes its title, entry point and flags from ``lib.options``, where the command line reads them
-        without torch."""
-        super().__init_subclass__(**kwargs)
-        if cls.name in OPTIONS:
-            declared = OPTIONS[cls.name]
-            cls.title, cls.entry_point = declared.title, declared.entry_point
-            cls.add_arguments = staticmethod(declared.add_arguments)
 
     @classmethod
     def build(cls, args, labels, net, dist):

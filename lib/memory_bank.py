@@ -21,7 +21,7 @@ class MemoryBank(MemoryVariant):
     from epoch 120 (``--memory-momentum``); the bank's rows are the kNN reference that picks best.pt.
     """
 
-    name, reference = "mb", "bank"  # title, entry point and flags: lib.options
+    reference = "bank"
     options = {"momentum": "memory_momentum"}
 
     def __init__(self, labels, dim, dtype=torch.float32, temperature=0.05, margin=0.0, momentum=0.5):

@@ -2,25 +2,32 @@
 
 A method names its metric term (logged as ``loss_<term>``), whether L_CE is added, whether it needs the entry
 point's memory (``--memory``; then the memory's kNN reference picks best.pt, else the re-extracted training
-embeddings do), and what it asks of a batch. A memory is a ``lib.memory.MemoryVariant`` class. The training loop,
-the program, the checkpoints and the flags read these tables and never test a name. Their help and flags are
-declared, without torch, in ``lib.options``.
+embeddings do), and what it asks of a batch. A memory is a ``lib.memory.MemoryVariant`` class, declared once in
+``lib.options.MEMORIES`` (where it lives, its title, entry point and flags). The training loop, the program, the
+checkpoints and the flags read these tables and never test a name. Help and flags are declared there, without
+torch.
 """
+import importlib
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from lib.cross_batch_memory import CrossBatchMemory
 from lib.dcnn_loss import dcnn_loss
-from lib.memory_bank import MemoryBank
-from lib.momentum_update import MomentumUpdate
+from lib.options import MEMORIES as MEMORY_OPTIONS
 from lib.options import METHODS as OPTIONS
 from lib.options import offered  # noqa: F401 -- the registry's address of it
 from lib.triplet_loss import sample_triplets, triplet_loss
 
-MEMORIES = {cls.name: cls for cls in (MemoryBank, MomentumUpdate, CrossBatchMemory)}
+
+def variant(address):
+    """The class at ``module.Class``: a memory's entry in ``lib.options.MEMORIES`` names where it lives."""
+    module, _, name = address.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+MEMORIES = {name: variant(declared.variant) for name, declared in MEMORY_OPTIONS.items()}
 
 
 def snca(embeddings, labels, indices, memory, args):

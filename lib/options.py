@@ -1,6 +1,7 @@
 """What the command line knows of each method and memory: its name, its line of ``--help``, its own flags and the
-entry point that offers it. Declared here, without torch, so that ``--help`` and bad flags answer before torch is
-imported; ``lib.methods`` and the memory classes (``lib.memory``) take their help and flags from these tables.
+entry point that offers it (a memory: also where its class lives). Declared here, without torch, so that ``--help``
+and bad flags answer before torch is imported; ``lib.methods`` takes the methods' help and flags and the memories'
+classes from these tables.
 """
 from collections.abc import Callable
 from typing import NamedTuple
@@ -13,6 +14,7 @@ def no_arguments(group):
 
 
 class MemoryOptions(NamedTuple):
+    variant: str                # its lib.memory.MemoryVariant class, as module.Class (imported by lib.methods)
     title: str                  # one line for --help
     entry_point: str            # the entry point whose --memory offers it
     add_arguments: Callable     # its own flags, in its --help group
@@ -56,11 +58,13 @@ def triplet_arguments(group):
                        "paper; FaceNet's 0.2)")
 
 
+# The registry of memories: one entry each, read by the command line here and by lib.methods for the classes.
 MEMORIES = {
-    "mb": MemoryOptions("SNCA-CE (MB): memory bank", "mb", memory_bank_arguments),
-    "mu": MemoryOptions("SNCA-CE (MU): momentum-updated key encoder", "mu", momentum_update_arguments),
-    "xbm": MemoryOptions("SNCA-CE (XBM): cross-batch memory (Wang et al., CVPR 2020), an extension beyond the paper",
-                         "mb", cross_batch_memory_arguments),
+    "mb": MemoryOptions("lib.memory_bank.MemoryBank", "SNCA-CE (MB): memory bank", "mb", memory_bank_arguments),
+    "mu": MemoryOptions("lib.momentum_update.MomentumUpdate", "SNCA-CE (MU): momentum-updated key encoder", "mu",
+                        momentum_update_arguments),
+    "xbm": MemoryOptions("lib.cross_batch_memory.CrossBatchMemory", "SNCA-CE (XBM): cross-batch memory (Wang et al., "
+                         "CVPR 2020), an extension beyond the paper", "mb", cross_batch_memory_arguments),
 }
 
 METHODS = {

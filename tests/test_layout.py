@@ -59,3 +59,26 @@ def test_each_lib_module_stays_about_200_lines():
     for name in sorted(os.listdir(LIB)):
         if name.endswith(".py"):
             assert source("lib", name).count("\n") <= LIB_LINES, name
+
+
+SOURCE_FOLDERS = ("lib", "datasets", "models", "scripts", "benchmarks", "train_SNCA_CE", "train_SNCA_CE_MC", ".")
+
+
+def test_a_memory_is_its_own_file_and_one_registry_entry():
+    """XBM, the memory beyond the paper, proves it: no source file but its own and the registry (lib/options.py: its
+    class, title, entry point and flags) names it; everything else takes it through the interface."""
+    named = re.compile(r"xbm|cross_batch|crossbatch", re.IGNORECASE)
+    naming = {os.path.normpath(os.path.join(folder, name))
+              for folder in SOURCE_FOLDERS for name in sorted(os.listdir(os.path.join(REPO, folder)))
+              if name.endswith((".py", ".sh")) and named.search(source(folder, name))}
+    assert naming == {os.path.join("lib", "cross_batch_memory.py"), os.path.join("lib", "options.py")}
+
+
+def test_every_declared_memory_is_a_memory_variant():
+    from lib.memory import MemoryVariant
+    from lib.methods import MEMORIES
+    from lib.options import MEMORIES as DECLARED
+
+    assert set(MEMORIES) == set(DECLARED) == {"mb", "mu", "xbm"}
+    for name, cls in MEMORIES.items():
+        assert issubclass(cls, MemoryVariant) and DECLARED[name].variant == f"{cls.__module__}.{cls.__name__}"
