@@ -1,4 +1,4 @@
-"""The SNCA loss streamed over chunks of the memory (docs/method.md section 4; Wu et al., ECCV 2018, eq. 5-6).
+"""The SNCA loss streamed over chunks of the memory (docs/method.md section 4; Wu et al., ECCV 2018).
 
 Same value and gradient as ``snca_loss(features @ memory.T / T, ...)``, but the B x N logits are never
 held: forward and backward each walk the memory in blocks of ``chunk_size`` rows, so the extra memory

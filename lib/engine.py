@@ -1,4 +1,4 @@
-"""One training epoch and the validation kNN (Kang et al., TGRS 2020, Algorithm 1; docs/method.md sections 4-8).
+"""One training epoch and the validation kNN (docs/method.md sections 1 and 4-8).
 
 One loop serves every method of ``lib.methods.METHODS`` and every memory of ``MEMORIES``: what differs is
 behind the method's entry and the memory's interface (``lib.memory``). Batches arrive as uint8 images on the

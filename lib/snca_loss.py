@@ -1,5 +1,5 @@
-"""The SNCA loss of one mini-batch against the memory (docs/method.md section 4; Wu et al., ECCV 2018, eq. 5-6;
-Kang et al., TGRS 2020, eq. 3-4)."""
+"""The SNCA loss of one mini-batch against the memory (docs/method.md section 4; Wu et al., ECCV 2018; Kang et al.,
+TGRS 2020)."""
 import torch
 
 
@@ -28,8 +28,8 @@ def snca_loss(logits, indices, bank_labels, margin=0.0):
 
 
 def masked_snca_loss(logits, same_class, left_out, margin=0.0):
-    """``snca_loss`` with the columns to leave out given as a mask: the form of a memory whose columns are not
-    one row per training image (``lib.cross_batch_memory``: queue slots, some empty, some the image's own).
+    """``snca_loss`` with the columns to leave out given as a mask: the general form, for a memory whose columns
+    are not one row per training image (a queue: slots still empty, slots holding the image's own embedding).
 
     Args:
         logits: (B, M) similarities over the temperature.

@@ -1,4 +1,4 @@
-"""The SNCA-CE network (docs/method.md section 2; Kang et al., TGRS 2020, Fig. 2).
+"""The SNCA-CE network (docs/method.md section 2; Kang et al., TGRS 2020).
 
 A ResNet trunk (conv1 .. layer4, global average pool), FC1 to a D-dim feature v, the
 L2-normalised embedding e = v / |v| for SNCA, kNN and retrieval, and FC2 on the un-normalised v

@@ -1,6 +1,6 @@
 """Every document or path a tracked file refers to exists in the repository as users get it (``git ls-files``):
 relative Markdown links and their #anchors, ``*.md`` names in code, help texts and scripts, ``../`` paths, and the
-"docs/method.md section N" citations."""
+"docs/method.md section N" citations; and no number of the paper that could not be checked."""
 import os
 import re
 import subprocess
@@ -128,3 +128,15 @@ def test_method_section_citations_exist():
              for n in match.groups() if n]
     assert cited, "no citation found: the pattern is wrong"
     assert not [c for c in cited if c[1] not in sections]
+
+
+PAPER_NUMBER = re.compile(r"\b(?:[Ee]qs?\.|[Ee]quations?|Algorithm|Alg\.|Fig\.|Figure|Table|Tab\.)"
+                          r"\s*\(?(?:\d+|[IVX]+)\b")
+
+
+def test_no_unchecked_number_of_the_paper():
+    """Only the paper's first page could be checked (docs/method.md, "Citing the paper"): code and documents quote
+    no equation, algorithm, figure or table number but Fig. 4, the validation curves the plots reproduce."""
+    quoted = {(path, match.group()) for path, text in texts() for match in PAPER_NUMBER.finditer(text)}
+    assert any(number == "Fig. 4" for _, number in quoted), "no citation found: the pattern is wrong"
+    assert not {(path, number) for path, number in quoted if number != "Fig. 4"}

@@ -1,10 +1,16 @@
 """Train SNCA-CE (MB) (Kang et al., IEEE TGRS 2020): `python train_SNCA_CE/main.py --help`.
 
-A ResNet maps each image to a unit embedding; the loss is L = lambda * L_SNCA + L_CE. L_SNCA is the negative
-log-probability that an image's soft neighbours in a memory of one embedding per training image share its class;
-L_CE classifies the embedding on learned class prototypes (docs/method.md sections 1 and 4). The memory is a bank
-(MB, section 5): after each step the batch's rows become a momentum average of themselves and the network's own
-embeddings of the batch. Also here: the baselines (--method) and, beyond the paper, a cross-batch memory (--memory xbm).
+A ResNet maps image x_i to a unit embedding f_i and class scores on learned prototypes (docs/method.md section 2).
+With a memory m_1..m_N of one embedding per training image, as it is before the step, temperature T = 0.05 and a
+batch of B images (section 4):
+
+    p_ij = exp(f_i . m_j / T) / sum_{k != i} exp(f_i . m_k / T)
+    L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij
+    L = lambda * L_SNCA + L_CE,  lambda = 1,  L_CE the cross-entropy of the prototype scores
+
+MB, the memory bank (section 5): after each step the batch's rows average the network's own embeddings,
+m_i <- normalise(a * m_i + (1 - a) * f_i), a = 0.5, then 0.8 from epoch 80 and 0.9 from 120.
+Also here: the baselines (--method) and memories beyond the paper (--memory, listed by --help).
 """
 import os
 import sys

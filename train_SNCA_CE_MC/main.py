@@ -1,10 +1,16 @@
 """Train SNCA-CE (MU) (Kang et al., IEEE TGRS 2020): `python train_SNCA_CE_MC/main.py --help`.
 
-A ResNet maps each image to a unit embedding; the loss is L = lambda * L_SNCA + L_CE. L_SNCA is the negative
-log-probability that an image's soft neighbours in a memory of one embedding per training image share its class;
-L_CE classifies the embedding on learned class prototypes (docs/method.md sections 1 and 4). The memory is written
-by momentum update (MU, section 6): a key encoder, a copy of the network moved towards it after each step, replaces
-the batch's rows by its embeddings. The folder keeps the name of the authors' code ("MC"); the method is MU.
+A ResNet maps image x_i to a unit embedding f_i and class scores on learned prototypes (docs/method.md section 2).
+With a memory m_1..m_N of one embedding per training image, as it is before the step, temperature T = 0.05 and a
+batch of B images (section 4):
+
+    p_ij = exp(f_i . m_j / T) / sum_{k != i} exp(f_i . m_k / T)
+    L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij
+    L = lambda * L_SNCA + L_CE,  lambda = 1,  L_CE the cross-entropy of the prototype scores
+
+MU, the momentum update (section 6): a key encoder, a copy of the network, moves after each step,
+theta_k <- 0.999 * theta_k + 0.001 * theta, and its embeddings g_k(x_i) replace the batch's rows: m_i <- g_k(x_i).
+The folder keeps the name of the authors' code ("MC"); the method is MU.
 """
 import os
 import sys
