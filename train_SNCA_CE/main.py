@@ -1,12 +1,9 @@
 """Train SNCA-CE (MB) (Kang et al., IEEE TGRS 2020): `python train_SNCA_CE/main.py --help`.
 
-A ResNet maps image x_i to a unit embedding f_i and class scores on learned prototypes (docs/method.md section 2).
-With a memory m_1..m_N of one embedding per training image, as it is before the step, temperature T = 0.05 and a
-batch of B images (section 4):
-
-    p_ij = exp(f_i . m_j / T) / sum_{k != i} exp(f_i . m_k / T)
-    L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij
-    L = lambda * L_SNCA + L_CE,  lambda = 1,  L_CE the cross-entropy of the prototype scores
+L = lambda * L_SNCA + L_CE, lambda = 1 (docs/method.md sections 1, 2 and 4). L_CE classifies the embedding on
+learned class prototypes; L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij takes a batch's unit embeddings
+f_i against the memory m_1..m_N as it is before the step: p_ij = exp(f_i.m_j / T) / sum_{k != i} exp(f_i.m_k / T),
+T = 0.05.
 
 MB, the memory bank (section 5): after each step the batch's rows average the network's own embeddings,
 m_i <- normalise(a * m_i + (1 - a) * f_i), a = 0.5, then 0.8 from epoch 80 and 0.9 from 120.

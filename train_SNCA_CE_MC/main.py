@@ -1,12 +1,9 @@
 """Train SNCA-CE (MU) (Kang et al., IEEE TGRS 2020): `python train_SNCA_CE_MC/main.py --help`.
 
-A ResNet maps image x_i to a unit embedding f_i and class scores on learned prototypes (docs/method.md section 2).
-With a memory m_1..m_N of one embedding per training image, as it is before the step, temperature T = 0.05 and a
-batch of B images (section 4):
-
-    p_ij = exp(f_i . m_j / T) / sum_{k != i} exp(f_i . m_k / T)
-    L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij
-    L = lambda * L_SNCA + L_CE,  lambda = 1,  L_CE the cross-entropy of the prototype scores
+L = lambda * L_SNCA + L_CE, lambda = 1 (docs/method.md sections 1, 2 and 4). L_CE classifies the embedding on
+learned class prototypes; L_SNCA = -(1/B) sum_i log sum_{j != i, y_j = y_i} p_ij takes a batch's unit embeddings
+f_i against the memory m_1..m_N as it is before the step: p_ij = exp(f_i.m_j / T) / sum_{k != i} exp(f_i.m_k / T),
+T = 0.05.
 
 MU, the momentum update (section 6): a key encoder, a copy of the network, moves after each step,
 theta_k <- 0.999 * theta_k + 0.001 * theta, and its embeddings g_k(x_i) replace the batch's rows: m_i <- g_k(x_i).
