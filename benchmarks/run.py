@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,12 +31,14 @@ sys.path.insert(0, os.path.dirname(HERE))  # the repository root
 import reference  # noqa: E402
 
 from datasets import TensorBatches, build_splits, decoded_images  # noqa: E402
-from datasets.augment import apply_params, draw_params, to_float, train_augment  # noqa: E402
+from datasets.augment import BandPipeline, apply_params, draw_params, to_float, train_augment  # noqa: E402
+from datasets.bands import band_input, band_statistics  # noqa: E402
 from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
 from lib.args import get_args_parser  # noqa: E402
 from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
 from lib.device import compile_network, keep_freed_memory, resolve_precision  # noqa: E402
 from lib.engine import train_one_epoch, validate  # noqa: E402
+from lib.methods import MEMORIES  # noqa: E402
 from lib.momentum_update import MomentumUpdate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
 
@@ -100,8 +103,6 @@ def bench_bands(workers, count=2000, size=64, bands=13):
 
     import tifffile
 
-    from datasets.augment import BandPipeline
-    from datasets.bands import band_input, band_statistics
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
@@ -174,18 +175,19 @@ def bench_allocator(rounds=3):
 
 
 # ---------------- kNN at NWPU size ----------------
-def bench_knn(device):
+def bench_knn(device, num_queries=NWPU_VAL, num_references=NWPU_TRAIN, classes=NWPU_CLASSES):
     g = torch.Generator().manual_seed(0)
-    refs = torch.nn.functional.normalize(torch.randn(NWPU_TRAIN, 128, generator=g), dim=1)
-    queries = torch.nn.functional.normalize(torch.randn(NWPU_VAL, 128, generator=g), dim=1)
-    labels = torch.arange(NWPU_TRAIN) % NWPU_CLASSES
+    refs = torch.nn.functional.normalize(torch.randn(num_references, 128, generator=g), dim=1)
+    queries = torch.nn.functional.normalize(torch.randn(num_queries, 128, generator=g), dim=1)
+    labels = torch.arange(num_references) % classes
     ours_s, ours = timed(lambda: knn_predict(queries.to(device), refs.to(device), labels.to(device)), device, 3)
+    name = f"kNN K=10, {num_queries:,} x {num_references:,}"
     if device.type == "cuda":
-        row("kNN K=10, 3,195 x 22,005 on the GPU (ms)", 1000 * ours_s, unit="ms", better="lower")
+        row(f"{name} on the GPU (ms)", 1000 * ours_s, unit="ms", better="lower")
         return
     ref_s, ref = timed(lambda: reference.sklearn_knn(queries, refs, labels), repeats=3)
     same = float((ours.cpu().numpy() == ref).mean())
-    row("kNN K=10, 3,195 x 22,005 (s)", ours_s, ref_s, "s", "lower", note=f"identical predictions: {same:.4f}")
+    row(f"{name} (s)", ours_s, ref_s, "s", "lower", note=f"identical predictions: {same:.4f}")
 
 
 # ---------------- SNCA loss at large N: one subprocess per variant, for its peak memory ----------------
@@ -351,77 +353,139 @@ def bench_whole(data, dataset, ext, rounds=3):
 
 
 # ---------------- GPU only ----------------
-def bench_gpu(device, steps=30):
-    batch = 256
-    images = torch.randint(0, 256, (batch, 3, 256, 256), dtype=torch.uint8, device=device)
+class GpuSizes(NamedTuple):
+    """The GPU benchmarks' problem sizes: NWPU-RESISC45's by default; ``SMOKE``, toy ones with which
+    ``tests/test_benchmarks.py`` runs the same code on the CPU, so that a session lent a GPU finds it working."""
+    batch: int = 256
+    image: int = 256
+    steps: int = 30
+    references: int = 1_000_000
+    train: int = NWPU_TRAIN
+    val: int = NWPU_VAL
+    classes: int = NWPU_CLASSES
+    archs: tuple = ("resnet18", "resnet50")
+    band_images: int = 2048
+    compile: bool = True
+
+
+NWPU = GpuSizes()
+SMOKE = GpuSizes(batch=8, image=32, steps=2, references=3000, train=40, val=12, classes=4, archs=("resnet18",),
+                 band_images=24, compile=False)
+
+
+def bench_gpu(device, sizes=NWPU):
+    batch, px, steps = sizes.batch, sizes.image, sizes.steps
+    images = torch.randint(0, 256, (batch, 3, px, px), dtype=torch.uint8, device=device)
     seconds, _ = timed(lambda: [train_augment(images) for _ in range(steps)], device, 2)
-    params = draw_params(16, CPU, torch.Generator().manual_seed(0))
+    params = draw_params(min(16, batch), CPU, torch.Generator().manual_seed(0))
     on_cpu = apply_params(to_float(images[:16].cpu()), params)
     on_gpu = apply_params(to_float(images[:16]), {name: value.to(device) for name, value in params.items()})
     difference = (on_gpu.cpu() - on_cpu).abs().max().item()
-    row("batched augmentation on the GPU, 256 px (images/s)", steps * batch / seconds,
+    row(f"batched augmentation on the GPU, {px} px (images/s)", steps * batch / seconds,
         note=f"same parameters: GPU = CPU to {difference:.1e}")
-    bench_knn(device)
-    refs, queries = torch.randn(1_000_000, 128, device=device), torch.randn(10_000, 128, device=device)
-    ref_labels = torch.arange(1_000_000, device=device) % 45
-    peak_mb, seconds = gpu_peak(device, lambda: knn_predict(queries, refs, ref_labels))
-    row("kNN K=10, 10,000 queries x 1,000,000 references on the GPU: peak extra memory (MB)", peak_mb, unit="MB",
+    bench_knn(device, sizes.val, sizes.train, sizes.classes)
+    n = sizes.references
+    refs, queries = torch.randn(n, 128, device=device), torch.randn(10_000, 128, device=device)
+    ref_labels = torch.arange(n, device=device) % 45
+    peak_mb, seconds = peak_memory(device, lambda: knn_predict(queries, refs, ref_labels))
+    row(f"kNN K=10, 10,000 queries x {n:,} references on the GPU: peak extra memory (MB)", peak_mb, unit="MB",
         better="lower", note=f"{seconds:.2f} s")
-    features = torch.nn.functional.normalize(torch.randn(256, 128, device=device), dim=1).requires_grad_(True)
-    bank = torch.nn.functional.normalize(torch.randn(1_000_000, 128, device=device), dim=1)
-    bank_labels, indices = torch.arange(1_000_000, device=device) % 45, torch.randperm(1_000_000, device=device)[:256]
-    ours = gpu_peak(device, lambda: chunked_snca_loss(features, bank, indices, bank_labels, 0.05).backward())
-    ref = gpu_peak(device, lambda: reference.reference_snca_loss(features @ bank.T / 0.05, indices, bank_labels)
-                   .backward())
-    row("SNCA loss fwd+bwd, N = 1,000,000, B = 256 on the GPU (ms)", 1000 * ours[1], 1000 * ref[1], "ms", "lower")
-    row("SNCA loss fwd+bwd, N = 1,000,000, B = 256 on the GPU: peak extra memory (MB)", ours[0], ref[0], "MB",
-        "lower")
-    store = torch.randint(0, 256, (NWPU_TRAIN + NWPU_VAL, 3, 256, 256), dtype=torch.uint8, device=device)
-    labels = torch.arange(NWPU_TRAIN + NWPU_VAL, device=device) % NWPU_CLASSES
-    for arch, memory_kind in itertools.product(("resnet18", "resnet50"), ("mb", "mu")):
+    features = torch.nn.functional.normalize(torch.randn(batch, 128, device=device), dim=1).requires_grad_(True)
+    bank = torch.nn.functional.normalize(torch.randn(n, 128, device=device), dim=1)
+    bank_labels, indices = torch.arange(n, device=device) % 45, torch.randperm(n, device=device)[:batch]
+    ours = peak_memory(device, lambda: chunked_snca_loss(features, bank, indices, bank_labels, 0.05).backward())
+    ref = peak_memory(device, lambda: reference.reference_snca_loss(features @ bank.T / 0.05, indices, bank_labels)
+                      .backward())
+    name = f"SNCA loss fwd+bwd, N = {n:,}, B = {batch} on the GPU"
+    row(f"{name} (ms)", 1000 * ours[1], 1000 * ref[1], "ms", "lower")
+    row(f"{name}: peak extra memory (MB)", ours[0], ref[0], "MB", "lower")
+    bench_bands_on_device(device, sizes)
+    train_n, val_n = sizes.train, sizes.val
+    store = torch.randint(0, 256, (train_n + val_n, 3, px, px), dtype=torch.uint8, device=device)
+    labels = torch.arange(train_n + val_n) % sizes.classes
+    head = slice(0, 3 * batch), slice(3 * batch, (3 + steps) * batch)  # three warm-up steps, then the timed ones
+    warm, measured = (TensorBatches(store[part], labels[part], batch, device) for part in head)
+    for arch, memory_kind in itertools.product(sizes.archs, ("mb", "mu")):
         args = get_args_parser(memory_kind).parse_args([])
         precision = resolve_precision(device, "bf16")
-        model = EmbeddingNet(arch, args.dim, NWPU_CLASSES).to(device, memory_format=precision.memory_format)
-        key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
+        model = EmbeddingNet(arch, args.dim, sizes.classes).to(device, memory_format=precision.memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        memory = Memory(labels[:NWPU_TRAIN], args.dim).to(device)
-        memory = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program does
-        train = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), batch, device, shuffle=True)
-        head = list(itertools.islice(train, 3 + steps))
-        train_one_epoch(model, memory, head[:3], optimizer, args, precision)
-        seconds, _ = timed(lambda: train_one_epoch(model, memory, head[3:], optimizer, args, precision), device)
-        row(f"training, {arch} {memory_kind.upper()}, 256 px, bf16, channels_last, augmentation included "
+        memory = MEMORIES[memory_kind].build(args, labels[:train_n], model, None).to(device)  # as lib.program does
+        train_one_epoch(model, memory, warm, optimizer, args, precision)
+        seconds, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, args, precision), device)
+        row(f"training, {arch} {memory_kind.upper()}, {px} px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
         if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
             fp32 = resolve_precision(device, "none")
-            train_one_epoch(model, memory, key_encoder, head[:3], optimizer, args, 0.5, fp32)
-            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, key_encoder, head[3:], optimizer, args, 0.5,
-                                                       fp32), device)
-            row(f"training, {arch} {memory_kind.upper()}, 256 px, float32 (cuDNN's default TF32 convolutions), "
+            train_one_epoch(model, memory, warm, optimizer, args, fp32)
+            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, args, fp32), device)
+            row(f"training, {arch} {memory_kind.upper()}, {px} px, float32 (cuDNN's default TF32 convolutions), "
                 "channels_last, augmentation included (images/s)", steps * batch / fp32_s,
                 note=f"bf16 is {fp32_s / seconds:.2f}x faster")
-        if arch == "resnet18" and memory_kind == "mb":  # --compile: its compilation apart, then the same steps
+        if arch == "resnet18" and memory_kind == "mb" and sizes.compile:  # its compilation apart, then the steps
             compiled = compile_network(model)
-            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, head[:3], optimizer, args, precision),
-                                 device)
-            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, head[3:], optimizer, args, precision), device)
-            row(f"training, {arch} MB, 256 px, bf16, channels_last, --compile, augmentation included (images/s)",
+            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, warm, optimizer, args, precision), device)
+            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, measured, optimizer, args, precision),
+                               device)
+            row(f"training, {arch} MB, {px} px, bf16, channels_last, --compile, augmentation included (images/s)",
                 steps * batch / seconds, note=f"after {compile_s:.0f} s of compilation")
         if arch == "resnet18":
-            val = TensorBatches(store[NWPU_TRAIN:], labels[NWPU_TRAIN:].cpu(), 512, device)
-            train_eval = TensorBatches(store[:NWPU_TRAIN], labels[:NWPU_TRAIN].cpu(), 512, device)
+            train = TensorBatches(store[:train_n], labels[:train_n], batch, device, shuffle=True,
+                                  generator=torch.Generator().manual_seed(0))
+            val = TensorBatches(store[train_n:], labels[train_n:], 512, device)
+            train_eval = TensorBatches(store[:train_n], labels[:train_n], 512, device)
 
             def epoch():
                 train_one_epoch(model, memory, train, optimizer, args, precision)
                 return validate(model, memory, val, train_eval, 10, precision)
             seconds, _ = timed(epoch, device)
-            row(f"NWPU-sized epoch (22,005 + 3,195 generated images), {arch} {memory_kind.upper()}, validation "
-                "included (s)", seconds, unit="s", better="lower")
+            row(f"NWPU-sized epoch ({train_n:,} + {val_n:,} generated images), {arch} {memory_kind.upper()}, "
+                "validation included (s)", seconds, unit="s", better="lower")
 
 
-def gpu_peak(device, fn):
-    """(peak extra GPU memory in MB, seconds) of ``fn()`` after one warm-up call."""
+def bench_bands_on_device(device, sizes, bands=13, size=64):
+    """13-band uint16 images as a run keeps them on the device (``--cache device``: gathered there through their
+    int16 view) and in pinned CPU memory (``--cache memory``): both give the CPU's batches bit for bit, and
+    standardise alike; then N-band training steps (flip, rot90, a 13-channel ResNet-18, MB) on the device."""
+    n, batch = sizes.band_images, sizes.batch
+    images = torch.randint(0, 10000, (n, bands, size, size), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.int32).to(torch.uint16)                                  # (n, 13, S, S)
+    labels = torch.arange(n) % 10
+    layout = band_input("all", "4,3,2", bands, "uint16")
+    pipeline = BandPipeline(layout.with_stats(*band_statistics(images.split(256))), rot90=True)
+    kept, pinned, cpu = (TensorBatches(store, labels, batch, target)
+                         for store, target in ((images.to(device), device), (images, device), (images, CPU)))
+    worst = 0.0
+    for (a, _, _), (b, _, _), (c, _, _) in zip(kept, pinned, cpu):
+        same = [torch.equal(x.cpu().view(torch.int16), c.view(torch.int16)) for x in (a, b)]  # uint16 has no ==
+        if not all(same):
+            raise AssertionError(f"N-band uint16 batches on {device} differ from the CPU's (kept, pinned: {same})")
+        standardised = pipeline.eval(c)
+        worst = max(worst, ((pipeline.eval(a).cpu() - standardised).abs() / standardised.abs().clamp(min=1)).max()
+                    .item())
+    # (x - mean) / std: two correctly rounded float32 operations on either device, so at most 2 ulp apart
+    if worst > 2 * torch.finfo(torch.float32).eps:
+        raise AssertionError(f"N-band standardisation on {device} differs from the CPU's by {worst:.1e} relative")
+    args = get_args_parser("mb").parse_args(["--bands", "all"])
+    precision = resolve_precision(device, "bf16" if device.type == "cuda" else "none")
+    model = EmbeddingNet("resnet18", args.dim, 10, in_channels=bands).to(device, memory_format=precision.memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    memory = MEMORIES["mb"].build(args, labels, model, None).to(device)
+    train = TensorBatches(images.to(device), labels, batch, device, shuffle=True,
+                          generator=torch.Generator().manual_seed(0))
+    train.pipeline = pipeline
+    train_one_epoch(model, memory, train, optimizer, args, precision)
+    seconds, _ = timed(lambda: train_one_epoch(model, memory, train, optimizer, args, precision), device)
+    row(f"N-band training, {n:,} x {bands}-band uint16 {size} px kept on the GPU, ResNet-18 MB, flip + rot90 "
+        "(images/s)", n / seconds, note=f"batches = the CPU's bit for bit, kept and pinned; standardised to "
+        f"{worst:.1e} relative")
+
+
+def peak_memory(device, fn):
+    """(peak extra GPU memory in MB, seconds) of ``fn()`` after one warm-up call; NaN memory off CUDA."""
     fn()
+    if device.type != "cuda":
+        return float("nan"), timed(fn, device)[0]
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
