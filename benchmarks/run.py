@@ -256,11 +256,20 @@ def bench_epoch(splits, size, workers, memory_kind, rounds=3):
     row(f"validation after it, {name} (s)", times["ours"][1], times["reference"][1], "s", "lower",
         note="ours: bank and re-extracted references" if memory_kind == "mb" else "re-extracted references")
     row(f"training epoch, {name}, ours with --amp bf16 (s)", times["ours-bf16"][0], reference_s, "s",
-        "lower", note="not the reference's float32 numerics; this CPU has AMX-BF16")
+        "lower", note=f"not the reference's float32 numerics; {cpu_bf16()}")
     row(f"training epoch, {name}, ours with --compile (s)", times["ours-compile"][0], reference_s, "s", "lower",
         note=f"after compiling: its first epoch took {compile_s:.0f} s")
     row(f"floor: the network's float32 passes alone, {name} (s)", times["floor"][0], reference_s, "s", "lower",
         note=f"no data, loss or memory; {times['floor'][0] / reference_s:.2f} of the reference's time")
+
+
+def cpu_bf16():
+    """What this CPU offers bfloat16 matrix products: AMX, AVX-512 BF16, or neither (emulated in float32)."""
+    with open("/proc/cpuinfo") as f:
+        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    if "amx_bf16" in flags:
+        return "this CPU has AMX-BF16"
+    return "this CPU has AVX512-BF16, no AMX" if "avx512_bf16" in flags else "this CPU has no bfloat16 instructions"
 
 
 def epoch_variant(variant, splits, size, workers, memory_kind, args):

@@ -52,7 +52,6 @@ class MomentumUpdate(MemoryVariant):
     """The memory ``bank`` (its SNCA loss, MB's) written by ``key_encoder``; the network's re-extracted
     training embeddings are the kNN reference that picks best.pt."""
 
-
     def __init__(self, bank, key_encoder, ema_momentum=0.999):
         super().__init__()
         self.bank, self.key_encoder, self.ema_momentum = bank, key_encoder, ema_momentum
