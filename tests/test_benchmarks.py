@@ -1,6 +1,7 @@
-"""The GPU benchmarks' code (``benchmarks/run.py --gpu``) runs: here on the CPU at toy sizes, so that a session lent
-a GPU for a few minutes never finds it broken. Its figures are not checked (benchmarks are not tests); its own
-assertions are: the N-band uint16 batches kept on the device and pinned equal the CPU's, and standardise alike."""
+"""The benchmarks' code runs, so that it cannot break unnoticed: the GPU benchmarks (``benchmarks/run.py --gpu``)
+here on the CPU at toy sizes, since a session lent a GPU has minutes; and the authors' process that the whole-process
+benchmark times. Figures are not checked (benchmarks are not tests); the GPU benchmarks' own assertions are: the
+N-band uint16 batches kept on the device and pinned equal the CPU's, and standardise alike."""
 import importlib.util
 import math
 import os
@@ -8,7 +9,9 @@ import os
 import pytest
 import torch
 
-from conftest import REPO
+from datasets import build_splits
+
+from conftest import REPO, run_script
 
 
 def load_benchmarks(monkeypatch):
@@ -33,3 +36,26 @@ def test_the_gpu_benchmarks_run_at_toy_sizes(monkeypatch):
     assert all(math.isfinite(t) and t > 0 for t in timings)
     assert "batches = the CPU's bit for bit" in next(note for name, *_, note in run.ROWS
                                                      if name.startswith("N-band training"))
+
+
+@pytest.mark.slow  # trains ResNet-18 for two epochs
+@pytest.mark.parametrize("memory", ["mb", "mu"])
+def test_the_authors_process_runs_for_the_whole_process_benchmark(memory, image_tree, tmp_path):
+    """``benchmarks/reference_main.py``, the authors' process that ``run.py --only whole`` times against ours: it
+    trains, validates every epoch and saves its checkpoints as theirs does."""
+    script = os.path.join(REPO, "benchmarks", "reference_main.py")
+    done = run_script(script, "--memory", memory, "--data", image_tree, "--dataset", "tiny", "--imgEXT", "png",
+                      "--image-size", "32", "-b", "16", "--lr", "0.01", "--epochs", "2", "--num_workers", "0",
+                      "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    epochs = [line.split(" validation kNN ") for line in done.stdout.splitlines()]
+    assert [epoch for epoch, _ in epochs] == ["epoch 1/2", "epoch 2/2"]
+    accuracies = [float(accuracy.rstrip("%")) for _, accuracy in epochs]
+    (folder,) = os.listdir(tmp_path)
+    checkpoints = os.path.join(tmp_path, folder, "checkpoints")
+    checkpoint = torch.load(os.path.join(checkpoints, "checkpoint.pth.tar"), weights_only=True)
+    train = build_splits(os.path.join(image_tree, "tiny"), "png")["train"]
+    assert checkpoint["epoch"] == 2 and checkpoint["memory"].shape == (len(train), 128)
+    assert checkpoint["best_acc"] == pytest.approx(max(accuracies) / 100, abs=5e-5)  # printed to 0.01 %
+    # their best copy is written when an epoch beats the best so far, which starts at 0
+    assert os.path.exists(os.path.join(checkpoints, "model_best.pth.tar")) == (max(accuracies) > 0)
