@@ -103,7 +103,6 @@ def bench_bands(workers, count=2000, size=64, bands=13):
 
     import tifffile
 
-
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as root:
         samples = []
@@ -265,8 +264,7 @@ def bench_epoch(splits, size, workers, memory_kind, rounds=3):
 
 def cpu_bf16():
     """What this CPU offers bfloat16 matrix products: AMX, AVX-512 BF16, or neither (emulated in float32)."""
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    flags = cpuinfo("flags").split()
     if "amx_bf16" in flags:
         return "this CPU has AMX-BF16"
     return "this CPU has AVX512-BF16, no AMX" if "avx512_bf16" in flags else "this CPU has no bfloat16 instructions"
@@ -462,8 +460,9 @@ def bench_bands_on_device(device, sizes, bands=13, size=64):
     labels = torch.arange(n) % 10
     layout = band_input("all", "4,3,2", bands, "uint16")
     pipeline = BandPipeline(layout.with_stats(*band_statistics(images.split(256))), rot90=True)
+    on_device = images.to(device)
     kept, pinned, cpu = (TensorBatches(store, labels, batch, target)
-                         for store, target in ((images.to(device), device), (images, device), (images, CPU)))
+                         for store, target in ((on_device, device), (images, device), (images, CPU)))
     worst = 0.0
     for (a, _, _), (b, _, _), (c, _, _) in zip(kept, pinned, cpu):
         same = [torch.equal(x.cpu().view(torch.int16), c.view(torch.int16)) for x in (a, b)]  # uint16 has no ==
@@ -480,7 +479,7 @@ def bench_bands_on_device(device, sizes, bands=13, size=64):
     model = EmbeddingNet("resnet18", args.dim, 10, in_channels=bands).to(device, memory_format=precision.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
     memory = MEMORIES["mb"].build(args, labels, model, None).to(device)
-    train = TensorBatches(images.to(device), labels, batch, device, shuffle=True,
+    train = TensorBatches(on_device, labels, batch, device, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
     train.pipeline = pipeline
     train_one_epoch(model, memory, train, optimizer, args, precision)
@@ -517,9 +516,17 @@ KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INST
                    "OMP_NUM_THREADS")  # environment settings that change which kernels run: named in the results
 
 
+def cpuinfo(field):
+    """The first ``field`` of /proc/cpuinfo ("model name", "flags"), or "" where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(field)), "")
+    except OSError:
+        return ""
+
+
 def machine(device):
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpuinfo("model name") or platform.processor()
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     forced = [f"{name}={os.environ[name]}" for name in KERNEL_SETTINGS if name in os.environ]
     kernels = f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(forced)})" if forced
