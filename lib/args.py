@@ -13,6 +13,7 @@ from datasets.presets import PRESETS
 from lib.errors import InputError
 from lib.flags import (
     COUNT,
+    FRACTION,
     MAX_WORKERS,
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
@@ -33,7 +34,6 @@ from models import ARCHS
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
 KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extracted training embeddings
-FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
 
 
 def get_args_parser(memory="mb"):

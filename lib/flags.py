@@ -46,6 +46,7 @@ MOMENTUM = Range(float, 0, 1, high_open=True)
 COUNT = Range(int, low=1)
 NON_NEGATIVE_INT = Range(int, low=0)
 SEED = Range(int, 0, 2**32 - 1)  # numpy's seed range
+FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # --split unseen's shares: int(f x n) of n
 
 
 def default_workers():
