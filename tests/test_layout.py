@@ -7,13 +7,18 @@ import re
 
 from conftest import REPO
 
-LIB = os.path.join(REPO, "lib")
 LIB_LINES = 220  # "about 200 lines" a file: long enough for one concept, short enough to read at once
 
 
 def source(*path):
     with open(os.path.join(REPO, *path)) as f:
         return f.read()
+
+
+def files(folders, suffixes=(".py",)):
+    """(folder, name) of the files of ``folders`` ending in one of ``suffixes``, sorted (not their subfolders)."""
+    return [(folder, name) for folder in folders for name in sorted(os.listdir(os.path.join(REPO, folder)))
+            if name.endswith(suffixes)]
 
 
 def without_docstring(text):
@@ -32,21 +37,19 @@ def test_no_code_outside_the_registries_tests_which_method_or_memory_runs():
     """Methods differ by their entry of lib/methods.py, memories by their class: nothing compares --method or
     --memory with a name."""
     pattern = re.compile(r"args\.(method|memory)\s*(==|!=|in\b)|\.method\s*==\s*['\"]|\.memory\s*==\s*['\"]")
-    for folder in ("lib", "datasets", "models", "train_SNCA_CE", "train_SNCA_CE_MC"):
-        for name in sorted(os.listdir(os.path.join(REPO, folder))):
-            if name.endswith(".py") and name not in ("methods.py", "options.py"):
-                found = pattern.findall(source(folder, name))
-                assert not found, (folder, name, found)
+    for folder, name in files(("lib", "datasets", "models", "train_SNCA_CE", "train_SNCA_CE_MC")):
+        if name not in ("methods.py", "options.py"):
+            found = pattern.findall(source(folder, name))
+            assert not found, (folder, name, found)
 
 
 def imported_packages(folder):
-    for name in sorted(os.listdir(os.path.join(REPO, folder))):
-        if name.endswith(".py"):
-            for node in ast.walk(ast.parse(source(folder, name))):
-                if isinstance(node, ast.Import):
-                    yield name, {alias.name.split(".")[0] for alias in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                    yield name, {node.module.split(".")[0]}
+    for _, name in files((folder,)):
+        for node in ast.walk(ast.parse(source(folder, name))):
+            if isinstance(node, ast.Import):
+                yield name, {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                yield name, {node.module.split(".")[0]}
 
 
 def test_datasets_and_models_import_nothing_from_lib():
@@ -56,9 +59,8 @@ def test_datasets_and_models_import_nothing_from_lib():
 
 
 def test_each_lib_module_stays_about_200_lines():
-    for name in sorted(os.listdir(LIB)):
-        if name.endswith(".py"):
-            assert source("lib", name).count("\n") <= LIB_LINES, name
+    for _, name in files(("lib",)):
+        assert source("lib", name).count("\n") <= LIB_LINES, name
 
 
 SOURCE_FOLDERS = ("lib", "datasets", "models", "scripts", "benchmarks", "train_SNCA_CE", "train_SNCA_CE_MC", ".")
@@ -68,9 +70,8 @@ def test_a_memory_is_its_own_file_and_one_registry_entry():
     """XBM, the memory beyond the paper, proves it: no source file but its own and the registry (lib/options.py: its
     class, title, entry point and flags) names it; everything else takes it through the interface."""
     named = re.compile(r"xbm|cross_batch|crossbatch", re.IGNORECASE)
-    naming = {os.path.normpath(os.path.join(folder, name))
-              for folder in SOURCE_FOLDERS for name in sorted(os.listdir(os.path.join(REPO, folder)))
-              if name.endswith((".py", ".sh")) and named.search(source(folder, name))}
+    naming = {os.path.normpath(os.path.join(folder, name)) for folder, name in files(SOURCE_FOLDERS, (".py", ".sh"))
+              if named.search(source(folder, name))}
     assert naming == {os.path.join("lib", "cross_batch_memory.py"), os.path.join("lib", "options.py")}
 
 
