@@ -12,6 +12,7 @@ from lib.device import keep_freed_memory
 from conftest import fork_server, start_script, untimed
 
 PAGE = resource.getpagesize()
+PAGES = 64 * 2**20 // PAGE  # of the 64 MiB tensor allocated in each round
 
 
 def page_faults():
@@ -27,12 +28,11 @@ def reallocation_faults(keep, answer):
     PyTorch asks for aligned blocks, which glibc serves from a slightly larger request, so a freed block fits the
     next one only once freed neighbours have merged (here after at most 8 rounds of 23 fresh processes)."""
     applied = keep_freed_memory() if keep else False
-    pages = 64 * 2**20 // PAGE
     for _ in range(WARM_UP):
-        torch.empty(pages * PAGE, dtype=torch.uint8).fill_(1)
+        torch.empty(PAGES * PAGE, dtype=torch.uint8).fill_(1)
     before = page_faults()
     for _ in range(MEASURED):
-        torch.empty(pages * PAGE, dtype=torch.uint8).fill_(1)
+        torch.empty(PAGES * PAGE, dtype=torch.uint8).fill_(1)
     answer.put((applied, page_faults() - before))
 
 
@@ -51,11 +51,10 @@ def test_kept_memory_serves_large_tensors_without_new_pages():
         applied, faults[keep] = answer.get(timeout=120)
         process.join()
         assert applied == (keep and glibc)
-    pages = 64 * 2**20 // PAGE
     if glibc:  # elsewhere it changes nothing: nothing more to check
         # kept: (almost) no new page; fresh mappings fault on every page (16,384 a round), or on every 2 MiB page
         # where transparent huge pages are always on: fewer, but never none
-        assert faults[True] < pages // 10 and faults[True] < faults[False]
+        assert faults[True] < PAGES // 10 and faults[True] < faults[False]
 
 
 @pytest.mark.slow
