@@ -33,16 +33,22 @@ import reference  # noqa: E402
 from datasets import TensorBatches, build_splits, decoded_images  # noqa: E402
 from datasets.augment import BandPipeline, apply_params, draw_params, to_float, train_augment  # noqa: E402
 from datasets.bands import band_input, band_statistics  # noqa: E402
-from lib import KeyEncoder, Memory, knn_predict  # noqa: E402
-from lib.args import get_args_parser  # noqa: E402
-from lib.chunked_snca_loss import chunked_snca_loss  # noqa: E402
-from lib.device import compile_network, keep_freed_memory, resolve_precision  # noqa: E402
-from lib.engine import train_one_epoch, validate  # noqa: E402
-from lib.methods import MEMORIES  # noqa: E402
-from lib.momentum_update import MomentumUpdate  # noqa: E402
+from lib import chunked_snca_loss, knn_predict  # noqa: E402
+from lib.cli.args import get_args_parser  # noqa: E402
+from lib.losses import METHODS  # noqa: E402
+from lib.memories import MEMORIES  # noqa: E402
+from lib.memories.bank import MemoryBank  # noqa: E402
+from lib.memories.key_encoder import KeyEncoder, KeyEncoderMemory  # noqa: E402
+from lib.training.device import compile_network, keep_freed_memory, resolve_precision  # noqa: E402
+from lib.training.loop import train_one_epoch, validate  # noqa: E402
 from models import EmbeddingNet  # noqa: E402
 
 NWPU_TRAIN, NWPU_VAL, NWPU_CLASSES = 22005, 3195, 45
+
+
+def loss_of(args):
+    """The run's loss, with its numbers, as lib.training.program builds it."""
+    return METHODS[args.method].build(args)
 ROWS = []
 
 
@@ -282,8 +288,9 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
         model.to(memory_format=precision.memory_format)
     key_encoder = KeyEncoder(model) if memory_kind == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    memory = Memory(labels, args.dim)
-    ours = MomentumUpdate(memory, key_encoder) if key_encoder is not None else memory  # as lib.program builds it
+    memory = MemoryBank(labels, args.dim)
+    # as lib.training.program builds it
+    ours = KeyEncoderMemory(memory, key_encoder) if key_encoder is not None else memory
     if variant.startswith("ours"):
         train_images, val_images = (decoded_images(s, size, workers) for s in (train, val))
         batches = TensorBatches(train_images, labels, args.batch_size, device, shuffle=True)
@@ -291,7 +298,7 @@ def epoch_variant(variant, splits, size, workers, memory_kind, args):
         val_batches = TensorBatches(val_images, [label for _, label in val], eval_batch, device)
         eval_batches = TensorBatches(train_images, labels, eval_batch, device)
         step_model = compile_network(model, ours) if variant == "ours-compile" else model
-        return (lambda: train_one_epoch(step_model, ours, batches, optimizer, args, precision),
+        return (lambda: train_one_epoch(step_model, ours, batches, optimizer, loss_of(args), precision),
                 lambda: validate(model, ours, val_batches, eval_batches, 10, precision))
     if variant == "floor":
         inputs = [(torch.randn(len(part), 3, size, size).contiguous(memory_format=precision.memory_format),
@@ -417,22 +424,25 @@ def bench_gpu(device, sizes=NWPU):
         precision = resolve_precision(device, "bf16")
         model = EmbeddingNet(arch, args.dim, sizes.classes).to(device, memory_format=precision.memory_format)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        memory = MEMORIES[memory_kind].build(args, labels[:train_n], model, None).to(device)  # as lib.program does
-        train_one_epoch(model, memory, warm, optimizer, args, precision)
-        seconds, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, args, precision), device)
+        # as lib.training.program does
+        memory = MEMORIES[memory_kind].load().build(args, labels[:train_n], model, None).to(device)
+        train_one_epoch(model, memory, warm, optimizer, loss_of(args), precision)
+        seconds, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, loss_of(args), precision),
+                           device)
         row(f"training, {arch} {memory_kind.upper()}, {px} px, bf16, channels_last, augmentation included "
             "(images/s)", steps * batch / seconds)
         if arch == "resnet18":  # the same steps in float32 (--amp none, the paper scripts' default): bf16's saving
             fp32 = resolve_precision(device, "none")
-            train_one_epoch(model, memory, warm, optimizer, args, fp32)
-            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, args, fp32), device)
+            train_one_epoch(model, memory, warm, optimizer, loss_of(args), fp32)
+            fp32_s, _ = timed(lambda: train_one_epoch(model, memory, measured, optimizer, loss_of(args), fp32), device)
             row(f"training, {arch} {memory_kind.upper()}, {px} px, float32 (cuDNN's default TF32 convolutions), "
                 "channels_last, augmentation included (images/s)", steps * batch / fp32_s,
                 note=f"bf16 is {fp32_s / seconds:.2f}x faster")
         if arch == "resnet18" and memory_kind == "mb" and sizes.compile:  # its compilation apart, then the steps
             compiled = compile_network(model)
-            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, warm, optimizer, args, precision), device)
-            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, measured, optimizer, args, precision),
+            compile_s, _ = timed(lambda: train_one_epoch(compiled, memory, warm, optimizer, loss_of(args), precision),
+                                 device)
+            seconds, _ = timed(lambda: train_one_epoch(compiled, memory, measured, optimizer, loss_of(args), precision),
                                device)
             row(f"training, {arch} MB, {px} px, bf16, channels_last, --compile, augmentation included (images/s)",
                 steps * batch / seconds, note=f"after {compile_s:.0f} s of compilation")
@@ -443,7 +453,7 @@ def bench_gpu(device, sizes=NWPU):
             train_eval = TensorBatches(store[:train_n], labels[:train_n], 512, device)
 
             def epoch():
-                train_one_epoch(model, memory, train, optimizer, args, precision)
+                train_one_epoch(model, memory, train, optimizer, loss_of(args), precision)
                 return validate(model, memory, val, train_eval, 10, precision)
             seconds, _ = timed(epoch, device)
             row(f"NWPU-sized epoch ({train_n:,} + {val_n:,} generated images), {arch} {memory_kind.upper()}, "
@@ -478,12 +488,12 @@ def bench_bands_on_device(device, sizes, bands=13, size=64):
     precision = resolve_precision(device, "bf16" if device.type == "cuda" else "none")
     model = EmbeddingNet("resnet18", args.dim, 10, in_channels=bands).to(device, memory_format=precision.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    memory = MEMORIES["mb"].build(args, labels, model, None).to(device)
+    memory = MEMORIES["mb"].load().build(args, labels, model, None).to(device)
     train = TensorBatches(on_device, labels, batch, device, shuffle=True,
                           generator=torch.Generator().manual_seed(0))
     train.pipeline = pipeline
-    train_one_epoch(model, memory, train, optimizer, args, precision)
-    seconds, _ = timed(lambda: train_one_epoch(model, memory, train, optimizer, args, precision), device)
+    train_one_epoch(model, memory, train, optimizer, loss_of(args), precision)
+    seconds, _ = timed(lambda: train_one_epoch(model, memory, train, optimizer, loss_of(args), precision), device)
     row(f"N-band training, {n:,} x {bands}-band uint16 {size} px kept on the GPU, ResNet-18 MB, flip + rot90 "
         "(images/s)", n / seconds, note=f"batches = the CPU's bit for bit, kept and pinned; standardised to "
         f"{worst:.1e} relative")

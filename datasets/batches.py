@@ -33,7 +33,7 @@ def gather(images, indices):
 
 
 def ignore_interrupts(worker_id):
-    """Workers leave Ctrl-C to the main process, which finishes its step and saves (``lib.interrupt``)."""
+    """Workers leave Ctrl-C to the main process, which finishes its step and saves (``lib.training.interrupt``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
@@ -42,7 +42,7 @@ class Batches:
     loop reseeds it every epoch), the dataset order otherwise; the last partial batch is kept.
 
     Under torchrun every rank draws the same global batches and yields its ``rank``-th part of each
-    (``torch.tensor_split`` over ``world_size``, as ``lib.distributed.shard_batch``): every image once per
+    (``torch.tensor_split`` over ``world_size``, as ``lib.distributed.ranks.shard_batch``): every image once per
     pass, by one rank. A batch with fewer images than ranks leaves some ranks an empty part, yielded as such.
     """
 
@@ -74,6 +74,15 @@ class Batches:
 
     def __iter__(self):
         return self.iterate()
+
+    def with_companions(self, start=0, companions=None):
+        """``iterate(start)``, each batch's images followed by those of its images' ``companions`` (a sequence of
+        (N,) dataset indices, e.g. every image's drawn positive and negative): (B * (1 + K), C, S, S)."""
+        for images, labels, indices in self.iterate(start):
+            if companions is not None:
+                rows = indices.cpu()
+                images = torch.cat([images, *(self.images_at(drawn[rows]) for drawn in companions)])
+            yield images, labels, indices
 
 
 class TensorBatches(Batches):

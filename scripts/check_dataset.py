@@ -14,8 +14,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.presets import PRESETS, bands_of, dataset_root, preset_mismatch  # noqa: E402
-from lib.errors import InputError, one_line  # noqa: E402
-from lib.flags import COUNT, FRACTION, SEED, ArgumentParser, band_list, check_data  # noqa: E402
+from errors import InputError, one_line  # noqa: E402
+from lib.cli.flags import COUNT, FRACTION, SEED, ArgumentParser, band_list, check_data  # noqa: E402
 
 
 def get_args_parser():

@@ -29,8 +29,8 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.errors import InputError, one_line  # noqa: E402
-from lib.flags import (  # noqa: E402
+from errors import InputError, one_line  # noqa: E402
+from lib.cli.flags import (  # noqa: E402
     COUNT,
     NON_NEGATIVE_INT,
     SEED,
@@ -80,19 +80,19 @@ import torch  # noqa: E402
 
 from datasets import decoded_images  # noqa: E402
 from datasets.augment import pipeline_of  # noqa: E402
-from lib import plots  # noqa: E402
-from lib.device import resolve_precision  # noqa: E402
-from lib.distributed import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
-from lib.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
-from lib.knn import knn_predict  # noqa: E402
-from lib.metrics import (  # noqa: E402
+from lib.distributed.ranks import all_gather_varlen, run_on_ranks, shard_batch  # noqa: E402
+from lib.eval import plots  # noqa: E402
+from lib.eval.inference import checkpoint_path, embed, load_trained, recorded_split, top_k  # noqa: E402
+from lib.eval.knn import knn_predict  # noqa: E402
+from lib.eval.metrics import (  # noqa: E402
     classification_report,
     clustering_scores,
     confusion_matrix,
     knn_accuracies,
     retrieval_scores,
 )
-from lib.robustness import D4, rotation_scores, transform, tta_embed  # noqa: E402
+from lib.eval.robustness import D4, rotation_scores, transform, tta_embed  # noqa: E402
+from lib.training.device import resolve_precision  # noqa: E402
 
 KNN_KS = (1, 5, 10)
 WORST_SHOWN = 3  # classes named in the printed summary, lowest F1 first

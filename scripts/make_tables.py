@@ -33,8 +33,8 @@ from matplotlib.figure import Figure
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.flags import ArgumentParser  # noqa: E402
-from lib.resume import MAY_CHANGE  # noqa: E402
+from lib.cli.flags import ArgumentParser  # noqa: E402
+from lib.training.resume import MAY_CHANGE  # noqa: E402
 
 NAMES = {"snca-ce": "SNCA-CE", "snca": "SNCA", "d-cnn": "D-CNN", "triplet": "Triplet"}  # also the row order
 MEMORY_NAMED = {"snca-ce", "snca"}  # the methods trained with either memory; the baselines use the bank only
@@ -42,7 +42,7 @@ MEMORY_NAMED = {"snca-ce", "snca"}  # the methods trained with either memory; th
 # where it ran.
 NOT_SETTINGS = {*MAY_CHANGE, "method", "memory", "dataset", "split", "seed", "git_commit", "command", "device_used",
                 "world_size", "torch_version", "num_train", "num_classes", "augmentation"}
-# The names of lib.robustness.D4, in its order (this script reads JSON only and imports nothing of the repository).
+# The names of lib.eval.robustness.D4, in its order (this script reads JSON only and imports nothing of the repository).
 TRANSFORMS = ("identity", "rot90", "rot180", "rot270", "flip", "flip-rot90", "flip-rot180", "flip-rot270")
 UNSEEN = " (unseen classes)"  # a --split unseen run's dataset column: its test split holds other classes
 KNN = [(f"knn.{k}.{kind}", f"kNN@{k} {short}") for k in (1, 5, 10) for kind, short in (("overall", "OA"),

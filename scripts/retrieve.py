@@ -17,8 +17,8 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.errors import InputError, one_line  # noqa: E402
-from lib.flags import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
+from errors import InputError, one_line  # noqa: E402
+from lib.cli.flags import COUNT, ArgumentParser, add_checkpoint_arguments, checkpoint_target  # noqa: E402
 
 
 def get_args_parser():
@@ -45,8 +45,8 @@ from PIL import Image  # noqa: E402
 from datasets import load_rgb  # noqa: E402
 from datasets.augment import pipeline_of  # noqa: E402
 from datasets.folder import decode_image, read_bands  # noqa: E402
-from lib.device import resolve_device, resolve_precision  # noqa: E402
-from lib.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
+from lib.eval.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
+from lib.training.device import resolve_device, resolve_precision  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 BAND_EXTENSIONS = (".tif", ".tiff")  # the gallery files of an N-band run

@@ -85,7 +85,7 @@ def fork_server():
     a rank starts in milliseconds instead of importing torch, torchvision and the code for seconds, and
     forks from a process that has run no thread (so OpenMP works in it)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lib.program", "test_distributed", "test_ddp"])
+    context.set_forkserver_preload(["lib.training.program", "test_distributed", "test_ddp"])
     return context
 
 
@@ -301,9 +301,9 @@ def d4_mean_embeddings(model, images):
     of the network's embeddings, renormalised; (n, D)."""
     import torch
 
-    from lib.device import resolve_precision
-    from lib.inference import embed
-    from lib.robustness import D4, transform
+    from lib.eval.inference import embed
+    from lib.eval.robustness import D4, transform
+    from lib.training.device import resolve_precision
 
     cpu, labels = torch.device("cpu"), torch.zeros(len(images), dtype=torch.long)
     each = torch.stack([embed(model, transform(images, t), labels, cpu, resolve_precision(cpu, "none"))

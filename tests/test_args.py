@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 from test_entry_points import SCRIPTS, small_run
 
-import lib.program
-from lib.args import divergence_hint, get_args_parser, given_flags, parse_args
-from lib.engine import NonFiniteError
-from lib.flags import COUNT, Range
-from lib.run import resume_line
+import lib.training.program
+from lib.cli.args import divergence_hint, get_args_parser, given_flags, parse_args
+from lib.cli.flags import COUNT, Range
+from lib.training.loop import NonFiniteError
+from lib.training.run import resume_line
 
 from conftest import REPO, run_script
 
@@ -71,7 +71,7 @@ RANGES = [
         ("--train-fraction", "0", "in (0, 1)")]],
     ("mb", "--memory-momentum", "1", "in [0, 1)"), ("mb", "--m-mementum", "-0.5", "in [0, 1)"),
     ("mb", "--dcnn-tau", "-1", ">= 0"), ("mb", "--dcnn-beta", "-1", ">= 0"), ("mb", "--dcnn-weight", "-1", ">= 0"),
-    ("mb", "--triplet-margin", "-1", ">= 0"), ("mu", "--ema-momentum", "1", "in [0, 1)"),
+    ("mb", "--triplet-margin", "-1", ">= 0"), ("mu", "--key-momentum", "1", "in [0, 1)"),
     ("mb", "--queue-size", "0", "an integer >= 1"),
     *[(m, "--knn-extracted-every", "-1", "an integer >= 0") for m in ("mb", "mu")],
     ("evaluate", "--batch-size", "0", "an integer >= 1"), ("evaluate", "--num_workers", "-1", "an integer >= 0"),
@@ -165,9 +165,9 @@ def test_a_diverging_run_says_why_and_what_to_try(monkeypatch):
     def diverge(args):
         raise NonFiniteError("non-finite loss_ce at epoch 3/3, step 5: stopped before the optimizer step")
 
-    monkeypatch.setattr(lib.program, "train", diverge)
+    monkeypatch.setattr(lib.training.program, "train", diverge)
     with pytest.raises(SystemExit) as stop:
-        lib.program.main(scratch)
+        lib.training.program.main(scratch)
     assert str(stop.value.code) == ("error: non-finite loss_ce at epoch 3/3, step 5: stopped before the optimizer "
                                     "step" + divergence_hint(scratch))
 

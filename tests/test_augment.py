@@ -18,7 +18,7 @@ from datasets.augment import (
     to_float,
     train_augment,
 )
-from lib.args import get_args_parser
+from lib.cli.args import get_args_parser
 
 # The authors' transforms (train_SNCA_CE/main.py of github.com/jiankang1991/SNCA_CE), written here rather than
 # imported from datasets/augment.py, so that a wrong constant there fails: Resize((256, 256)), RandomGrayscale(p=0.2),

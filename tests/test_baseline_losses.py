@@ -1,10 +1,10 @@
-"""lib.dcnn_loss and lib.triplet_loss against float64 double loops written from the formulas (docs/method.md
+"""lib.losses.dcnn and lib.losses.triplet against float64 double loops written from the formulas (docs/method.md
 section 9)."""
 import pytest
 import torch
 
-from lib.dcnn_loss import dcnn_loss
-from lib.triplet_loss import sample_triplets, triplet_loss
+from lib.losses.dcnn import dcnn_loss
+from lib.losses.triplet import sample_triplets, triplet_loss
 
 
 def dcnn_double_loop(x, labels, tau, beta):

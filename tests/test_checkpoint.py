@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import lib.checkpoint
-from lib.checkpoint import check_compatible, load_state, resolve_resume, save_checkpoint
-from lib.errors import InputError
+import lib.training.checkpoint
+from errors import InputError
+from lib.training.checkpoint import check_compatible, load_state, resolve_resume, save_checkpoint
 
 from conftest import REPO
 
@@ -25,7 +25,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
         f.write(b"partial bytes")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(lib.checkpoint.torch, "save", disk_full)
+    monkeypatch.setattr(lib.training.checkpoint.torch, "save", disk_full)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(path, {"epoch": 2, "w": torch.zeros(1000)})
     monkeypatch.undo()
@@ -37,8 +37,8 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
 WRITER = """
 import io, os, signal, sys, torch
 sys.path.insert(0, sys.argv[1])
-import lib.checkpoint
-from lib.checkpoint import save_checkpoint
+import lib.training.checkpoint
+from lib.training.checkpoint import save_checkpoint
 save = torch.save
 
 def half_then_killed(state, f):  # the process dies in the middle of writing the second checkpoint
@@ -49,7 +49,7 @@ def half_then_killed(state, f):  # the process dies in the middle of writing the
     os.kill(os.getpid(), signal.SIGKILL)
 
 save_checkpoint(sys.argv[2], {"epoch": 1, "w": torch.full((1_000_000,), 1.0)})
-lib.checkpoint.torch.save = half_then_killed
+lib.training.checkpoint.torch.save = half_then_killed
 save_checkpoint(sys.argv[2], {"epoch": 2, "w": torch.full((1_000_000,), 2.0)})
 """
 
@@ -114,15 +114,15 @@ def test_an_mu_checkpoint_of_the_earlier_layout_resumes_its_bank_and_key_encoder
     """Before the key encoder became part of the memory entry, an MU checkpoint held the bank's state dict under
     "memory" (buffers memory, labels) and the key encoder's under "key_encoder" (encoder.*), as written here from
     the same modules; both come back bit for bit, and a memory of another size is still refused in one line."""
-    from lib.checkpoint import memory_state, restore_training_state
-    from lib.memory_bank import MemoryBank
-    from lib.momentum_update import KeyEncoder, MomentumUpdate
+    from lib.memories.bank import MemoryBank
+    from lib.memories.key_encoder import KeyEncoder, KeyEncoderMemory
+    from lib.training.checkpoint import memory_state, restore_training_state
 
     torch.manual_seed(0)
 
     def variant(n=10):
         net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
-        return net, MomentumUpdate(MemoryBank(torch.arange(n) % 3, dim=8), KeyEncoder(net))
+        return net, KeyEncoderMemory(MemoryBank(torch.arange(n) % 3, dim=8), KeyEncoder(net))
 
     net, trained = variant()
     for tensor in trained.state_dict().values():  # every entry away from its initial value

@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from test_entry_points import SCRIPTS, metrics, one_line_error, run, small_run
 
-import lib.device
-from lib import KeyEncoder, Memory
-from lib.device import check_compiler, compile_network
-from lib.errors import InputError
-from lib.utils import seed_everything
+import lib.training.device
+from errors import InputError
+from lib.memories.bank import MemoryBank
+from lib.memories.key_encoder import KeyEncoder
+from lib.training.device import check_compiler, compile_network
+from lib.training.utils import seed_everything
 from models import EmbeddingNet
 
 # Under ATEN_CPU_CAPABILITY=default (tests/other_cpus.sh: a CPU without AVX2) TorchInductor has no vector instruction
@@ -115,7 +116,7 @@ def test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag(compi
     # the memory): the comparison must tell the two trained states apart from it.
     seed_everything(sa["args"]["seed"])
     initial = {"model": EmbeddingNet("resnet18", sa["args"]["dim"], 4).state_dict(),
-               "memory": Memory(torch.zeros(len(sa["memory"]["memory"])), sa["args"]["dim"]).state_dict()}
+               "memory": MemoryBank(torch.zeros(len(sa["memory"]["memory"])), sa["args"]["dim"]).state_dict()}
     for part in ("model", "memory"):
         assert sa[part].keys() == sb[part].keys() == initial[part].keys(), part  # no "_orig_mod." prefix
         for key, value in sa[part].items():
@@ -140,7 +141,7 @@ def test_compiled_run_trains_as_the_eager_one_and_resumes_without_the_flag(compi
 
 
 def test_compile_without_a_compiler_is_refused_before_training(monkeypatch):
-    monkeypatch.setattr(lib.device.shutil, "which", lambda name: None)
+    monkeypatch.setattr(lib.training.device.shutil, "which", lambda name: None)
     with pytest.raises(InputError, match="--compile on the CPU needs a C\\+\\+ compiler"):
         check_compiler(torch.device("cpu"))
 

@@ -23,13 +23,14 @@ from test_entry_points import SCRIPTS, metrics, small_run
 
 from datasets import DecodingBatches, TensorBatches
 from datasets.synthetic import CLASSES, render
-from lib import KeyEncoder, Memory
-from lib.args import get_args_parser
-from lib.device import resolve_precision
-from lib.distributed import Dist, cleanup, single_process
-from lib.errors import InputError
-from lib.parallel import data_parallel, sync_batch_norm
-from lib.program import check_world
+from errors import InputError
+from lib.cli.args import get_args_parser
+from lib.distributed.parallel import data_parallel, sync_batch_norm
+from lib.distributed.ranks import Dist, cleanup, single_process
+from lib.memories.bank import MemoryBank
+from lib.memories.key_encoder import KeyEncoder
+from lib.training.device import resolve_precision
+from lib.training.program import check_world
 from models import EmbeddingNet
 
 from conftest import REPO, free_port, make_image_tree, run_ranks, run_script
@@ -263,7 +264,7 @@ def train_epochs(dist, method, num_images):
                           for i, label in enumerate(labels.tolist())])  # scenes: random noise is ill-conditioned
     torch.manual_seed(0)
     net = EmbeddingNet("resnet18", 16, 4).to(memory_format=torch.channels_last)
-    memory = Memory(labels, 16)
+    memory = MemoryBank(labels, 16)
     key_encoder = KeyEncoder(net, dist, "sync") if method == "mu" else None
     net = sync_batch_norm(net, dist)
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-6, momentum=0.9, nesterov=True, weight_decay=1e-4)

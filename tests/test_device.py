@@ -6,8 +6,8 @@ import pytest
 import torch
 from test_entry_points import SCRIPTS, metrics, run, small_run
 
-import lib.program
-from lib.device import keep_freed_memory
+import lib.training.program
+from lib.training.device import keep_freed_memory
 
 from conftest import fork_server, start_script, untimed
 
@@ -60,7 +60,7 @@ def test_kept_memory_serves_large_tensors_without_new_pages():
 @pytest.mark.slow
 def test_the_entry_points_keep_freed_memory_on_the_cpu_when_told_to(monkeypatch, image_tree, tmp_path):
     calls = []
-    monkeypatch.setattr(lib.program, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(lib.training.program, "keep_freed_memory", lambda: calls.append(1) or True)
     for name, extra, expected in (("default", (), []), ("keep", ("--cpu-allocator", "keep"), [1])):
         calls.clear()
         done = run("mb", *small_run("mb", image_tree, str(tmp_path), *extra, epochs=0, run_name=name), cwd=tmp_path)

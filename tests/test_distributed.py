@@ -1,4 +1,4 @@
-"""lib.distributed on two CPU processes (Gloo) against one process doing the same work.
+"""lib.distributed.ranks on two CPU processes (Gloo) against one process doing the same work.
 
 The tests share one start of two workers that join a process group through ``init_distributed`` (as
 under torchrun), run every scenario in turn, save their results in a temporary folder and leave the
@@ -13,8 +13,8 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lib import Memory
-from lib.distributed import (
+from lib.distributed.parallel import shuffled_forward
+from lib.distributed.ranks import (
     Dist,
     all_gather_varlen,
     assert_same_on_all_ranks,
@@ -27,8 +27,8 @@ from lib.distributed import (
     shard_batch,
     sharded_knn_predict,
 )
-from lib.knn import knn_predict
-from lib.parallel import shuffled_forward
+from lib.eval.knn import knn_predict
+from lib.memories.bank import MemoryBank
 
 from conftest import fork_server, free_port
 
@@ -95,7 +95,7 @@ def shard_features(epoch, step, rank, length):
 def new_memory():
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return Memory(torch.arange(NUM_IMAGES) % 5, DIM)
+        return MemoryBank(torch.arange(NUM_IMAGES) % 5, DIM)
 
 
 def knn_data():

@@ -261,7 +261,7 @@ def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trai
     its images is the renormalised mean of the checkpoint's embeddings of its 8 symmetries, as the queries are;
     --rotations scores the rotated queries against that database, the identity row being the plain scores."""
     from datasets import decoded_images
-    from lib.robustness import D4
+    from lib.eval.robustness import D4
 
     done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", "--tta", "d4",
                       "--rotations", cwd=trained)

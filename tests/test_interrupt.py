@@ -9,11 +9,12 @@ from old_loop_call import train_one_epoch
 from test_entry_points import SCRIPTS, assert_same, metrics, small_run
 
 from datasets import TensorBatches
-from lib import KeyEncoder, Memory
-from lib.args import get_args_parser
-from lib.device import resolve_precision
-from lib.interrupt import TrainingInterrupted
-from lib.utils import rng_state, seed_everything, set_rng_state
+from lib.cli.args import get_args_parser
+from lib.memories.bank import MemoryBank
+from lib.memories.key_encoder import KeyEncoder
+from lib.training.device import resolve_precision
+from lib.training.interrupt import TrainingInterrupted
+from lib.training.utils import rng_state, seed_everything, set_rng_state
 from models import EmbeddingNet
 
 from conftest import run_script, start_script
@@ -40,7 +41,7 @@ def epoch_state(method, stop_after=None):
     labels = torch.arange(20) % 4
     model = EmbeddingNet("resnet18", 16, 4)
     key_encoder = KeyEncoder(model) if method == "mu" else None
-    memory = Memory(labels, 16)
+    memory = MemoryBank(labels, 16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     precision = resolve_precision(CPU, "none")
     generator = torch.Generator()

@@ -5,7 +5,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from lib import knn_predict
-from lib.knn import POOL_SLACK
+from lib.eval.knn import POOL_SLACK
 
 
 def clustered(seed, n=600, q=200, dim=16, classes=6):

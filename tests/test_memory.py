@@ -7,8 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import KeyEncoder, Memory, snca_loss
-from lib.schedules import memory_momentum, step_lr
+from lib import snca_loss
+from lib.losses.snca import snca
+from lib.memories.bank import MemoryBank
+from lib.memories.key_encoder import KeyEncoder
+from lib.training.schedules import memory_momentum, step_lr
 from models import EmbeddingNet
 
 from conftest import float32_error_bound
@@ -16,15 +19,20 @@ from conftest import float32_error_bound
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
+def against(memory, features, indices, temperature, margin=0.0):
+    """L_SNCA of a batch against the bank's rows as the loop takes it (``margin`` in logits, as the reference)."""
+    return snca(features, memory.labels[indices], indices, *memory.rows(), temperature, margin * temperature)
+
+
 def fixture_memory(key, name="reference_snca.npz"):
     z = np.load(os.path.join(FIXTURES, name))
-    memory = Memory(z["labels"], z["features"].shape[1])
+    memory = MemoryBank(z["labels"], z["features"].shape[1])
     memory.memory.copy_(torch.tensor(z[key]))
     return memory, z
 
 
 def test_init_is_uniform_in_the_reference_range():
-    memory = Memory(torch.arange(5000) % 7, 128)
+    memory = MemoryBank(torch.arange(5000) % 7, 128)
     bound = math.sqrt(3 / 128)
     assert memory.memory.shape == (5000, 128) and memory.memory.abs().max() <= bound
     assert memory.memory.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)  # U(-a, a) has std a/sqrt(3)
@@ -50,7 +58,7 @@ def test_memory_bank_update_at_the_later_momenta_equals_reference(momentum):
     # At 0.5 the update is symmetric in a and 1 - a; at 0.8 and 0.9 swapping them moves rows by ~0.3.
     memory, z = fixture_memory(f"m{momentum}_memory_before", "reference_memory_momentum.npz")
     indices, features = torch.tensor(z["indices"]), torch.tensor(z["features"])
-    loss = memory(features, indices, float(z["temperature"]))
+    loss = against(memory, features, indices, float(z["temperature"]))
     # Both losses float32 from the same inputs: each within the float32 bound of the float64 value.
     loss_bound, _ = float32_error_bound(len(indices), features.shape[1], float(z["temperature"]), len(memory.labels))
     assert abs(loss.item() - float(z[f"m{momentum}_loss"])) <= 2 * loss_bound * max(1, loss.item())
@@ -59,7 +67,7 @@ def test_memory_bank_update_at_the_later_momenta_equals_reference(momentum):
 
 
 def test_memory_bank_update_equals_formula():
-    memory = Memory(torch.arange(50) % 3, 8)
+    memory = MemoryBank(torch.arange(50) % 3, 8)
     before = memory.memory.clone()
     indices, features = torch.tensor([4, 9, 0]), F.normalize(torch.randn(3, 8), dim=1)
     memory.update(indices, features, momentum=0.8)
@@ -82,7 +90,7 @@ def test_mu_loss_equals_reference():
     memory, z = fixture_memory("mu_memory_before")
     temperature = float(z["temperature"])
     features = torch.tensor(z["features"], requires_grad=True)
-    loss = memory(features, torch.tensor(z["indices"]), temperature)
+    loss = against(memory, features, torch.tensor(z["indices"]), temperature)
     loss.backward()
     # Both float32 from the same inputs (the authors' and ours): each within the float32 bound of the float64 value.
     loss_bound, grad_bound = float32_error_bound(len(z["indices"]), features.shape[1], temperature, len(memory.labels))
@@ -91,9 +99,9 @@ def test_mu_loss_equals_reference():
 
 
 def test_no_gradient_reaches_the_memory():
-    memory = Memory(torch.arange(20) % 4, 8)
+    memory = MemoryBank(torch.arange(20) % 4, 8)
     features = F.normalize(torch.randn(5, 8), dim=1).requires_grad_(True)
-    memory(features, torch.arange(5), 0.05).backward()
+    against(memory, features, torch.arange(5), 0.05).backward()
     assert features.grad is not None and memory.memory.grad is None
     assert not any(True for _ in memory.parameters())
 
@@ -140,17 +148,17 @@ def test_step_lr_equals_torch_steplr():
 
 
 def test_forward_switches_to_the_chunked_form_with_the_same_value_and_gradient(monkeypatch):
-    import lib.memory_bank
+    import lib.losses.snca
 
     g = torch.Generator().manual_seed(1)
-    memory = Memory(torch.randint(0, 4, (300,), generator=g), 16)
+    memory = MemoryBank(torch.randint(0, 4, (300,), generator=g), 16)
     features = F.normalize(torch.randn(12, 16, generator=g), dim=1)
     indices = torch.randperm(300, generator=g)[:12]
     results = []
     for limit in (10**9, 0):  # plain, then chunked
-        monkeypatch.setattr(lib.memory_bank, "PLAIN_MAX_ELEMENTS", limit)
+        monkeypatch.setattr(lib.losses.snca, "PLAIN_MAX_ELEMENTS", limit)
         x = features.clone().requires_grad_(True)
-        loss = memory(x, indices, 0.05, margin=2.0)
+        loss = against(memory, x, indices, 0.05, margin=2.0)
         loss.backward()
         results.append((loss.detach(), x.grad))
     want = snca_loss(features @ memory.memory.T / 0.05, indices, memory.labels, margin=2.0)
@@ -160,19 +168,19 @@ def test_forward_switches_to_the_chunked_form_with_the_same_value_and_gradient(m
 
 
 def test_loss_stays_float32_under_autocast():
-    memory = Memory(torch.arange(200) % 5, 16)
+    memory = MemoryBank(torch.arange(200) % 5, 16)
     memory.update(torch.arange(200), F.normalize(torch.randn(200, 16), dim=1), momentum=0.0)
     features = F.normalize(torch.randn(8, 16), dim=1)
-    want = memory(features, torch.arange(8), 0.05)
+    want = against(memory, features, torch.arange(8), 0.05)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = memory(features, torch.arange(8), 0.05)
+        got = against(memory, features, torch.arange(8), 0.05)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)  # bf16 similarities would be off by ~0.08 in logits
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_storage_memory_updates_in_float32_and_stores_rounded_rows(dtype):
-    memory = Memory(torch.arange(30) % 3, 8, dtype=dtype)
+    memory = MemoryBank(torch.arange(30) % 3, 8, dtype=dtype)
     assert memory.memory.dtype == dtype
     before = memory.memory.clone()
     features = F.normalize(torch.randn(4, 8), dim=1)

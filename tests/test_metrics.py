@@ -1,4 +1,4 @@
-"""lib.metrics against scikit-learn and loops written from each metric's definition (float64, CPU)."""
+"""lib.eval.metrics against scikit-learn and loops written from each metric's definition (float64, CPU)."""
 import itertools
 
 import numpy as np
@@ -10,8 +10,8 @@ from sklearn.metrics import classification_report as sklearn_classification_repo
 from sklearn.metrics import confusion_matrix as sklearn_confusion_matrix
 from sklearn.neighbors import KNeighborsClassifier
 
-from lib.knn import knn_predict
-from lib.metrics import (
+from lib.eval.knn import knn_predict
+from lib.eval.metrics import (
     PR_RECALLS,
     classification_report,
     cluster_accuracy,

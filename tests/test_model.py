@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from lib.errors import InputError
+from errors import InputError
 from models import EmbeddingNet, trunk_weights
 
 

@@ -17,7 +17,7 @@ from datasets.bands import BandError, BandInput, band_input, band_statistics, rg
 from datasets.check import check_dataset
 from datasets.folder import decode_bands, read_bands
 from datasets.synthetic import CLASSES, render
-from lib.errors import InputError
+from errors import InputError
 from models import EmbeddingNet
 from models.embedding_net import adapt_first_conv
 
@@ -275,7 +275,7 @@ def test_eurosat_ms_presets_read_all_13_bands_and_find_the_archive_layout(tmp_pa
 def test_resuming_with_other_bands_is_refused_in_one_line():
     from types import SimpleNamespace
 
-    from lib.checkpoint import check_compatible
+    from lib.training.checkpoint import check_compatible
 
     args = {"memory": "mb", "method": "snca-ce", "model": "resnet18", "dim": 128, "dataset": "ms13", "image_size": 32}
     saved = {"args": {**args, "bands": "all"}, "num_train": 21, "num_classes": 3}

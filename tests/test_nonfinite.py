@@ -7,10 +7,11 @@ import torch
 from old_loop_call import train_one_epoch
 
 from datasets import TensorBatches
-from lib import KeyEncoder, Memory
-from lib.args import get_args_parser
-from lib.device import resolve_precision
-from lib.engine import NonFiniteError
+from lib.cli.args import get_args_parser
+from lib.memories.bank import MemoryBank
+from lib.memories.key_encoder import KeyEncoder
+from lib.training.device import resolve_precision
+from lib.training.loop import NonFiniteError
 from models import EmbeddingNet
 
 CPU = torch.device("cpu")
@@ -45,7 +46,7 @@ def test_nan_stops_the_step_before_weights_and_memory_change(method, term, named
     torch.manual_seed(0)
     images = torch.randint(0, 256, (20, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(20) % 4
-    memory = Memory(labels, 16)
+    memory = MemoryBank(labels, 16)
     model = NaNFrom(EmbeddingNet("resnet18", 16, 4), call=3, term=term, memory=memory)
     key_encoder = KeyEncoder(model.model) if method == "mu" else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)

@@ -3,8 +3,8 @@ from the code: Kang et al., TGRS 2020 and github.com/jiankang1991/SNCA_CE (train
 train_SNCA_CE_MC/main.py, MU). docs/method.md sections 2-7 state them."""
 import pytest
 
-from lib.args import get_args_parser
-from lib.schedules import memory_momentum, step_lr
+from lib.cli.args import get_args_parser
+from lib.training.schedules import memory_momentum, step_lr
 
 SHARED = {
     "epochs": 130, "batch_size": 256, "lr": 0.1, "dim": 128, "temperature": 0.05, "margin": 0.0, "lambda_": 1.0,
@@ -12,7 +12,7 @@ SHARED = {
     "model": "resnet18", "pretrained": "imagenet", "image_size": 256, "split_seed": 42, "knn_k": 10,
 }
 PAPER = {"mb": {**SHARED, "memory_momentum": 0.5, "method": "snca-ce"},
-         "mu": {**SHARED, "ema_momentum": 0.999, "method": "snca-ce"}}
+         "mu": {**SHARED, "key_momentum": 0.999, "method": "snca-ce"}}
 
 
 @pytest.mark.parametrize("memory", ["mb", "mu"])

@@ -2,7 +2,7 @@
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from lib import plots
+from lib.eval import plots
 
 
 def test_learning_curve_ticks_whole_epochs():

@@ -1,4 +1,4 @@
-"""lib.robustness: the 8 symmetries of the square form the group D4; a rotation-invariant embedding scores the same
+"""lib.eval.robustness: the 8 symmetries of the square form the group D4; a rotation-invariant embedding scores the same
 under every one of them, with and without test-time augmentation."""
 import itertools
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.metrics import knn_accuracies, retrieval_scores
-from lib.robustness import D4, rotation_scores, transform, tta_embed
+from lib.eval.metrics import knn_accuracies, retrieval_scores
+from lib.eval.robustness import D4, rotation_scores, transform, tta_embed
 
 
 def image(seed=0, size=6):

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from lib.args import get_args_parser
+from lib.cli.args import get_args_parser
 from scripts.evaluate import get_args_parser as evaluate_parser
 
 from conftest import REPO

@@ -1,4 +1,5 @@
-"""lib.snca_loss against the reference implementation's values and a float64 double loop (docs/method.md section 4)."""
+"""lib.snca_loss against the reference implementation's values and a float64 double loop (docs/method.md
+section 4)."""
 import math
 import os
 

@@ -9,7 +9,7 @@ import pytest
 
 from datasets import build_splits
 from datasets.folder import build_unseen_split, split_class
-from lib.errors import InputError
+from errors import InputError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

@@ -3,11 +3,11 @@ their negatives, in that order, each an image of the dataset index the epoch's d
 import torch
 from old_loop_call import train_one_epoch
 
-import lib.parallel
+import lib.distributed.parallel
 from datasets import TensorBatches
-from lib.args import get_args_parser
-from lib.device import resolve_precision
-from lib.triplet_loss import sample_triplets
+from lib.cli.args import get_args_parser
+from lib.losses.triplet import sample_triplets
+from lib.training.device import resolve_precision
 from models import EmbeddingNet
 
 CPU = torch.device("cpu")
@@ -24,7 +24,8 @@ class Recorder(torch.nn.Module):
 
 
 def test_triplet_step_forwards_anchors_positives_negatives(monkeypatch):
-    monkeypatch.setattr(lib.parallel, "train_augment", lambda images: images.float())  # keep pixel values readable
+    # keep pixel values readable
+    monkeypatch.setattr(lib.distributed.parallel, "train_augment", lambda images: images.float())
     n = 24
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 8, 8).contiguous()  # image i is all i
     labels = torch.arange(n) % 3

@@ -20,8 +20,8 @@ from test_make_tables import MAKE_TABLES, read_markdown, write_run
 
 from datasets import decoded_images
 from datasets.folder import build_unseen_split
-from lib.args import get_args_parser
-from lib.robustness import D4
+from lib.cli.args import get_args_parser
+from lib.eval.robustness import D4
 from scripts.make_tables import TRANSFORMS
 
 from conftest import REPO, d4_mean_embeddings, make_image_tree, run_script, trained_network
@@ -233,7 +233,7 @@ def test_val_split_is_the_seen_classes_against_their_training_images(unseen_run)
 
 
 def test_resume_refuses_another_split(unseen_run):
-    """A resume takes --split from its checkpoint (lib/args.py); given with another value, it is refused."""
+    """A resume takes --split from its checkpoint (lib/cli/args.py); given with another value, it is refused."""
     run, root = unseen_run
     flags = small_run("mb", os.path.dirname(root), os.path.dirname(run), "--resume", run, "--split", "reference",
                       epochs=2)

@@ -50,7 +50,7 @@ def test_the_diagnostic_reference_is_computed_every_n_epochs_and_changes_no_trai
 def test_what_training_does_not_need_is_not_imported_before_it():
     """matplotlib (the learning curve), TensorBoard (the first logged epoch) and scikit-learn (evaluation) are
     imported when first used, not while the program starts."""
-    probe = ("import sys; import lib.program; "
+    probe = ("import sys; import lib.training.program; "
              "print(sorted({'matplotlib', 'torch.utils.tensorboard', 'sklearn'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

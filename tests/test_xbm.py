@@ -1,4 +1,4 @@
-"""XBM, the cross-batch memory (lib/cross_batch_memory.py): its SNCA loss against a float64 double loop written
+"""XBM, the cross-batch memory (lib/memories/cross_batch.py): its SNCA loss against a float64 double loop written
 from the definition, its FIFO queue, and the MB entry point training, resuming and running under torchrun with it."""
 import math
 import os
@@ -9,9 +9,18 @@ import torch.nn.functional as F
 from test_ddp import flags, last_state, launch
 from test_entry_points import assert_same, metrics, run, small_run
 
-from lib.cross_batch_memory import CrossBatchMemory
+from lib.losses.snca import snca
+from lib.memories.cross_batch import CrossBatchMemory
 
 from conftest import float32_error_bound, untimed
+
+T = 0.05  # the paper's temperature
+
+
+def queue_loss(memory, features, indices, labels, margin=0.0):
+    """L_SNCA of a batch against the queue's rows, as the training loop takes it."""
+    return snca(features, labels, indices, *memory.rows(), T, margin)
+
 
 XBM = ("--memory", "xbm", "--queue-size", "24")  # the tiny dataset writes 32 embeddings an epoch: the queue wraps
 
@@ -47,13 +56,12 @@ def double_loop(features, indices, labels, memory, temperature, margin):
 def test_loss_and_gradient_equal_the_double_loop(margin):
     g = torch.Generator().manual_seed(0)
     memory = filled_queue(g)
-    memory.margin = margin
     features = F.normalize(torch.randn(6, 8, generator=g), dim=1)                       # float32, as trained
     indices = torch.cat([memory.queue_indices[:3], torch.tensor([11, 10, 9])])  # three have entries in the queue
     labels = memory.labels[indices]
     x32, x64 = features.clone().requires_grad_(True), features.double().requires_grad_(True)
-    got = memory.loss(x32, indices, labels)
-    want = double_loop(x64, indices, labels, memory, memory.temperature, margin)
+    got = queue_loss(memory, x32, indices, labels, margin)
+    want = double_loop(x64, indices, labels, memory, T, margin)
     got.backward()
     want.backward()
     # float32 logits of size 1/T = 20 round by ~1e-6, so do the loss (~10) and its gradient (~4) relatively; the
@@ -66,19 +74,18 @@ def test_only_filled_slots_count_and_an_empty_queue_gives_zero_without_nan():
     g = torch.Generator().manual_seed(1)
     features = F.normalize(torch.randn(4, 8, generator=g), dim=1).requires_grad_(True)
     empty = CrossBatchMemory(torch.arange(12) % 3, 8, queue_size=10)
-    empty.margin = 0.3
-    loss = empty.loss(features, torch.arange(4), torch.arange(4) % 3)
+    loss = queue_loss(empty, features, torch.arange(4), torch.arange(4) % 3, margin=0.3)
     loss.backward()
     assert loss.item() == 0 and torch.equal(features.grad, torch.zeros_like(features))
     # an image whose only same-class entries are its own gets no term; the divisor stays B = 2
     memory = CrossBatchMemory(torch.tensor([0, 1, 0]), 8, queue_size=10)
     memory.step(None, torch.tensor([0, 1]), F.normalize(torch.randn(2, 8, generator=g), dim=1))
     x = features[:2].detach()
-    alone = memory.loss(x[:1], torch.tensor([0]), torch.tensor([0]))                  # its own entry only
-    both = memory.loss(x, torch.tensor([0, 2]), torch.tensor([0, 0]))                  # image 2 sees image 0
+    alone = queue_loss(memory, x[:1], torch.tensor([0]), torch.tensor([0]))                  # its own entry only
+    both = queue_loss(memory, x, torch.tensor([0, 2]), torch.tensor([0, 0]))                  # image 2 sees image 0
     # in float64 from the same float32 values; the float32 loss is within conftest's float32 bound of it
-    want = -torch.log_softmax(x[1].double() @ memory.queue[:2].double().T / memory.temperature, dim=0)[0] / 2
-    bound, _ = float32_error_bound(2, 8, memory.temperature, 2)
+    want = -torch.log_softmax(x[1].double() @ memory.queue[:2].double().T / T, dim=0)[0] / 2
+    bound, _ = float32_error_bound(2, 8, T, 2)
     assert alone.item() == 0 and abs(both.item() - want.item()) <= bound * max(1, want.item())
 
 

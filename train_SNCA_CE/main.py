@@ -15,10 +15,10 @@ import sys
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lib.args import parse_args  # noqa: E402
+from lib.cli.args import parse_args  # noqa: E402
 
 if __name__ == "__main__":
     args = parse_args("mb")  # --help and bad flags answer here, before torch is imported
-    from lib.program import main
+    from lib.training.program import main
 
     main(args)

@@ -3,8 +3,8 @@ flag that defines it comes from the checkpoint when not given, and a given one t
 anything is written. Torch is imported only when a checkpoint is read."""
 import argparse
 
-from lib.errors import InputError
-from lib.options import MEMORIES
+from errors import InputError
+from lib.memories import MEMORIES
 
 # Flags that belong to one invocation, not to the run: a resume never takes them from the checkpoint.
 LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_dir", "compile", "cpu_allocator")
@@ -13,6 +13,13 @@ LOCAL = ("resume", "out", "run_name", "device", "num_workers", "cache", "cache_d
 # it from the checkpoint, and refuses a value that differs. --sync-bn belongs to the process layout, like the
 # number of ranks a run may resume on: with it, any number of ranks normalises as the one process did.
 MAY_CHANGE = (*LOCAL, "epochs", "data", "check_images", "eval_batch_size", "knn_extracted_every", "sync_bn")
+# Flags renamed since a run could be written: {recorded name: the name now}. Such a run resumes under the new one.
+RENAMED = {"ema_momentum": "key_momentum"}
+
+
+def current_names(recorded):
+    """A run's recorded flags (its checkpoint's or args.json's) under today's names."""
+    return {RENAMED.get(dest, dest): value for dest, value in recorded.items()}
 
 
 def given_flags(probe, argv=None):
@@ -32,10 +39,10 @@ def flag_names(parser):
 def resume_experiment(args, entry_point, given, names):
     """On ``--resume``: every flag the checkpoint recorded and not given is taken from it (those of ``LOCAL``
     excepted); a given flag that defines the experiment and differs is refused, all of them in one line."""
-    from lib.checkpoint import load_state, resolve_resume  # torch: only when resuming
+    from lib.training.checkpoint import load_state, resolve_resume  # torch: only when resuming
 
     args.resume = resolve_resume(args.resume, args.out, args.run_name)
-    saved = load_state(args.resume)["args"]
+    saved = current_names(load_state(args.resume)["args"])
     trained = MEMORIES[saved.get("memory", entry_point)]
     if trained.entry_point != entry_point:
         script = "train_SNCA_CE/main.py" if trained.entry_point == "mb" else "train_SNCA_CE_MC/main.py"

@@ -6,7 +6,7 @@ import math
 import os
 
 from datasets.presets import PRESETS, bands_of
-from lib.errors import InputError
+from errors import InputError
 
 MAX_WORKERS = 4  # default decoding processes, fewer on a machine with fewer cores
 REFERENCE_DATASET = "UCMerced_LandUse"  # the reference scripts' default dataset, used with --data alone

@@ -10,8 +10,8 @@ define the experiment against its checkpoint. This module imports no torch, so `
 """
 
 from datasets.presets import PRESETS
-from lib.errors import InputError
-from lib.flags import (
+from errors import InputError
+from lib.cli.flags import (
     COUNT,
     FRACTION,
     MAX_WORKERS,
@@ -27,9 +27,20 @@ from lib.flags import (
     default_workers,
     rgb_bands,
 )
-from lib.options import MEMORIES, METHODS, offered
-from lib.resume import flag_names, given_flags, resume_experiment
+from lib.losses import METHODS
+from lib.memories import MEMORIES
+from lib.training.resume import flag_names, given_flags, resume_experiment
 from models import ARCHS
+
+
+def offered(entry_point):
+    """(memories, methods) that an entry point's ``--memory`` and ``--method`` offer, its own memory first. The
+    baselines need no memory: the MB entry point trains them, as in the authors' code."""
+    memories = [entry_point] + [name for name, memory in MEMORIES.items()
+                                if memory.entry_point == entry_point and name != entry_point]
+    methods = [name for name, method in METHODS.items() if method.uses_memory or entry_point == "mb"]
+    return memories, methods
+
 
 MIN_IMAGE_SIZE = 32  # the trunk downsamples by 32: at 32 px layer4 sees one pixel, below it only padding
 SCRATCH_LR = 0.01  # a learning rate that trains from scratch (--pretrained none) without diverging
@@ -37,7 +48,7 @@ KNN_EXTRACTED_EVERY = 10  # epochs between MB's diagnostic kNN against re-extrac
 
 
 def get_args_parser(memory="mb"):
-    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.options.MEMORIES``)."""
+    """The flags of the entry point whose own memory is ``memory`` ('mb' or 'mu', ``lib.memories.MEMORIES``)."""
     memories, methods = offered(memory)
     parser = ArgumentParser(description=f"Train {MEMORIES[memory].title} (Kang et al., IEEE TGRS 2020).")
 

@@ -1,17 +1,17 @@
-"""What the training loop, validation, checkpoints, ``--compile`` and torchrun know of a memory: one small
-interface, which each variant implements in its own file (``memory_bank.py`` MB, ``momentum_update.py`` MU, and
-the others that ``lib.options.MEMORIES`` declares: where the class lives, its title, entry point and flags).
+"""What the training loop, the SNCA loss, validation, checkpoints, ``--compile`` and torchrun know of a memory: one
+small interface, which each memory implements in its own file (``bank.py`` MB, ``key_encoder.py`` MU, and the
+others ``lib.memories.MEMORIES`` declares).
 
-A variant owns its whole state as buffers and submodules (MU: its key encoder), so its ``state_dict`` is the
-checkpoint's memory entry. Per step the loop calls ``loss`` (against the memory as it is before the step),
-``writes`` (what the batch will write), and, after the optimizer step, ``step`` with the whole global batch's
-writes, so that every rank's memory stays identical (``lib.distributed``).
+A memory owns its whole state as buffers and submodules (MU: its key encoder), so its ``state_dict`` is the
+checkpoint's memory entry. Per step the loop hands ``rows()`` (the memory as it is before the step) to the loss,
+asks ``writes`` (what the batch will write) and, after the optimizer step, calls ``step`` with the whole global
+batch's writes, so that every rank's memory stays identical (``lib.distributed``).
 """
 import torch
 from torch import nn
 
 
-class MemoryVariant(nn.Module):
+class Memory(nn.Module):
     """The interface, with the defaults of a memory that has no schedule, no kNN reference and no network."""
 
     reference = "extracted"  # the kNN reference that picks best.pt: 'bank' (reference_rows) or 'extracted'
@@ -20,20 +20,16 @@ class MemoryVariant(nn.Module):
 
     @classmethod
     def build(cls, args, labels, net, dist):
-        """The variant for a run: ``labels`` (N,) of the training images, ``net`` the network before DDP."""
-        return cls(labels, **cls.snca_options(args), **{key: getattr(args, flag) for key, flag in cls.options.items()})
-
-    @staticmethod
-    def snca_options(args):
-        """The flags every memory of the SNCA loss takes: D, its storage type, the temperature and the margin."""
-        return {"dim": args.dim, "dtype": getattr(torch, args.memory_dtype), "temperature": args.temperature,
-                "margin": args.margin}
+        """The memory for a run: ``labels`` (N,) of the training images, ``net`` the network before DDP."""
+        return cls(labels, args.dim, getattr(torch, args.memory_dtype),
+                   **{key: getattr(args, flag) for key, flag in cls.options.items()})
 
     def set_epoch(self, epoch):
         """Apply the schedules of ``epoch`` (0-based) before its first step."""
 
-    def loss(self, features, indices, labels):
-        """L_SNCA (float32 scalar) of unit embeddings (B, D) of dataset ``indices`` (B,) and ``labels`` (B,)."""
+    def rows(self):
+        """(rows (N, D), their labels (N,), the dataset index each holds (N,), -1 for an empty slot): what the
+        SNCA loss compares a batch with, as the memory is before the step."""
         raise NotImplementedError
 
     def writes(self, images, embeddings):

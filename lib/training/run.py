@@ -20,7 +20,8 @@ import time
 
 from datasets.folder import SPLIT_NAMES
 from errors import InputError
-from lib.distributed import on_main
+from lib.distributed.ranks import on_main
+from lib.training.resume import current_names
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNRECORDED = ("resume", "out", "run_name")  # where the run was found, not how it runs: history omits them
@@ -87,7 +88,7 @@ class RunLog:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": "resume" if resumed else "start",
                   "command": command_line(), "git_commit": git_commit(), "host": socket.gethostname(), **facts}
         if resumed:
-            before = resumed["args"]
+            before = current_names(resumed["args"])
             record["changed"] = {k: [before.get(k), v] for k, v in vars(args).items()
                                  if k not in UNRECORDED and before.get(k) != v}
             record["from"] = {"epoch": resumed["epoch"], "step": resumed["step"]}
@@ -122,7 +123,7 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
         if metrics := self.read_metrics():
-            from lib import plots  # matplotlib (~0.6 s to import) only when the curve is drawn
+            from lib.eval import plots  # matplotlib (~0.6 s to import) only when the curve is drawn
 
             plots.save(plots.learning_curve(metrics, os.path.basename(os.path.normpath(self.folder))),
                        os.path.join(self.folder, "learning_curve.png"))

@@ -1,6 +1,6 @@
-"""The training program shared by both entry points; each passes its memory (MB or MU, ``lib.methods.MEMORIES``).
+"""The training program shared by both entry points; each passes its memory (MB or MU, ``lib.memories.MEMORIES``).
 
-One process, or one rank of a ``torchrun`` launch (``lib.distributed``): every rank builds the same model,
+One process, or one rank of a ``torchrun`` launch (``lib.distributed.ranks``): every rank builds the same model,
 memory and batch order from the seed, trains on its part of each global batch and applies the whole batch's
 memory update; rank 0 alone writes the run folder and the checkpoints.
 """
@@ -12,8 +12,20 @@ import torch
 
 from datasets.augment import RGB
 from errors import InputError, one_line
-from lib.args import divergence_hint
-from lib.checkpoint import (
+from lib.cli.args import divergence_hint
+from lib.distributed.parallel import data_parallel, sync_batch_norm, sync_buffers
+from lib.distributed.ranks import (
+    any_rank,
+    assert_same_on_all_ranks,
+    barrier,
+    in_turn,
+    memory_checksum,
+    on_main,
+    run_on_ranks,
+)
+from lib.losses import METHODS, TERMS
+from lib.memories import MEMORIES
+from lib.training.checkpoint import (
     check_compatible,
     load_state,
     resolve_resume,
@@ -22,26 +34,23 @@ from lib.checkpoint import (
     save_checkpoint,
     training_state,
 )
-from lib.data import checked_splits, make_batches, resolve_data
-from lib.device import amp_name, check_compiler, compile_network, keep_freed_memory, resolve_precision
-from lib.distributed import any_rank, assert_same_on_all_ranks, barrier, in_turn, memory_checksum, on_main, run_on_ranks
-from lib.engine import NonFiniteError, train_one_epoch, validate
-from lib.interrupt import StopRequest, TrainingInterrupted, stopped
-from lib.methods import MEMORIES, METHODS
-from lib.parallel import data_parallel, sync_batch_norm, sync_buffers
-from lib.run import open_run_folder
-from lib.schedules import step_lr
-from lib.utils import epoch_seed, process_age, seed_everything
+from lib.training.data import checked_splits, make_batches, resolve_data
+from lib.training.device import amp_name, check_compiler, compile_network, keep_freed_memory, resolve_precision
+from lib.training.interrupt import StopRequest, TrainingInterrupted, stopped
+from lib.training.loop import NonFiniteError, train_one_epoch, validate
+from lib.training.run import open_run_folder
+from lib.training.schedules import step_lr
+from lib.training.utils import epoch_seed, process_age, seed_everything
 from models import EmbeddingNet, trunk_weights
 
 # TensorBoard tag -> metric; a metric a method does not have (no memory: no bank kNN) is not logged.
-SCALARS = {**{f"train/{k}": k for k in ("loss", *dict.fromkeys(f"loss_{m.term}" for m in METHODS.values()), "loss_ce",
+SCALARS = {**{f"train/{k}": k for k in ("loss", *(f"loss_{term}" for term in TERMS), "loss_ce",
                                          "lr", "memory_momentum")},
            **{f"val/{k}": k for k in ("knn_acc", "knn_acc_bank", "knn_acc_extracted")}}
 
 
 def main(args):
-    """Entry point: train with the flags of ``lib.args.parse_args``, and turn bad input into one line."""
+    """Entry point: train with the flags of ``lib.cli.args.parse_args``, and turn bad input into one line."""
     try:
         train(args)
     except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
@@ -101,11 +110,12 @@ def train_ranks(args, dist):
                        n_band=pipeline is not RGB).to(
         device, memory_format=precision.memory_format)
     method = METHODS[args.method]
-    memory = MEMORIES[args.memory].build(args, train_batches.labels, net, dist).to(device) \
+    loss_fn = method.build(args)  # the method's loss with the run's numbers (lambda, T, margin, ...)
+    memory = MEMORIES[args.memory].load().build(args, train_batches.labels, net, dist).to(device) \
         if method.uses_memory else None
     if args.sync_bn:
         net = sync_batch_norm(net, dist)
-    if not method.with_ce:  # FC2 gets no gradient without L_CE: frozen, DDP does not wait for one
+    if not loss_fn.with_ce:  # FC2 gets no gradient without L_CE: frozen, DDP does not wait for one
         net.fc2.requires_grad_(False)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
                                 weight_decay=args.weight_decay)
@@ -151,9 +161,10 @@ def train_ranks(args, dist):
                 group["lr"] = lr
             if memory is not None:
                 memory.set_epoch(epoch)  # MB's momentum schedule
-            draws = method.draws(train_batches.labels, epoch_seed(args.seed, epoch))  # the triplets
+            draws = loss_fn.draw(train_batches.labels, torch.Generator().manual_seed(epoch_seed(args.seed, epoch))) \
+                if loss_fn.draw is not None else None  # the triplets' positives and negatives
             try:
-                losses = train_one_epoch(model, memory, train_batches, optimizer, args, precision, draws,
+                losses = train_one_epoch(model, memory, train_batches, optimizer, loss_fn, precision, draws,
                                          desc=f"epoch {epoch + 1}/{args.epochs}", position=position, stop=stop,
                                          dist=dist)
             except TrainingInterrupted as where:

@@ -9,32 +9,25 @@ re-extracted training embeddings: the queue is not one row per training image.
 """
 import torch
 
-from lib.memory import MemoryVariant
-from lib.snca_loss import masked_snca_loss
+from lib.memories.base import Memory
 
 EMPTY = -1  # the dataset index of a slot never written
 
 
-class CrossBatchMemory(MemoryVariant):
+class CrossBatchMemory(Memory):
     options = {"queue_size": "queue_size"}
 
-    def __init__(self, labels, dim, queue_size=8192, dtype=torch.float32, temperature=0.05, margin=0.0):
+    def __init__(self, labels, dim, dtype=torch.float32, queue_size=8192):
         super().__init__()
         self.register_buffer("labels", torch.as_tensor(labels, dtype=torch.long))        # (N,) of every image
         self.register_buffer("queue", torch.zeros(queue_size, dim, dtype=dtype))          # (M, D)
         self.register_buffer("queue_labels", torch.full((queue_size,), EMPTY))           # (M,)
         self.register_buffer("queue_indices", torch.full((queue_size,), EMPTY))          # (M,)
         self.register_buffer("head", torch.zeros((), dtype=torch.long))                  # the next slot written
-        self.temperature, self.margin = temperature, margin
 
-    def loss(self, features, indices, labels):
-        """Float32 also under autocast, as MB's: exp(1/0.05) overflows float16."""
-        with torch.autocast(features.device.type, enabled=False):
-            logits = features.float() @ self.queue.float().T / self.temperature                # (B, M)
-            own = indices.unsqueeze(1) == self.queue_indices.unsqueeze(0)                      # (B, M)
-            left_out = own | (self.queue_indices == EMPTY).unsqueeze(0)                        # (B, M)
-            same_class = labels.unsqueeze(1) == self.queue_labels.unsqueeze(0)                 # (B, M)
-            return masked_snca_loss(logits, same_class, left_out, self.margin / self.temperature)
+    def rows(self):
+        """The queue: its empty slots hold index EMPTY, and a batch image's own earlier entries its own index."""
+        return self.queue, self.queue_labels, self.queue_indices
 
     @torch.no_grad()
     def step(self, model, indices, writes):

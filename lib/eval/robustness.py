@@ -7,7 +7,7 @@ and a metric for remote sensing should find it as well. The paper trains with ho
 import torch
 import torch.nn.functional as F
 
-from lib.metrics import knn_accuracies, retrieval_scores
+from lib.eval.metrics import knn_accuracies, retrieval_scores
 
 # name -> (mirror left-right first, then quarter turns counter-clockwise): every element of D4 once.
 D4 = {"identity": (False, 0), "rot90": (False, 1), "rot180": (False, 2), "rot270": (False, 3),

@@ -9,7 +9,7 @@ is only worth it when the memory no longer fits one GPU. With one process every 
 and ``torch.distributed`` is never touched.
 
 Also here: the agreement helpers of the engine (rank 0 decides, ranks take turns, flags reduced over
-ranks). The network across ranks (DDP, SyncBN, shuffle-BN) is ``lib.parallel``.
+ranks). The network across ranks (DDP, SyncBN, shuffle-BN) is ``lib.distributed.parallel``.
 """
 import os
 from typing import NamedTuple
@@ -18,8 +18,8 @@ import torch
 import torch.distributed as torch_dist
 
 from errors import InputError
-from lib.device import resolve_device
-from lib.knn import CHUNK_ELEMENTS, knn_predict
+from lib.eval.knn import CHUNK_ELEMENTS, knn_predict
+from lib.training.device import resolve_device
 
 INT_VIEWS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # same-width integers, by bytes
 

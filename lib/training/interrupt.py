@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from lib.distributed import reduce_over_ranks
+from lib.distributed.ranks import reduce_over_ranks
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -8,7 +8,7 @@ import torch
 from datasets import TensorBatches
 from datasets.presets import dataset_root
 from errors import InputError, load_state
-from lib.engine import extract_embeddings
+from lib.training.loop import extract_embeddings
 from models import EmbeddingNet
 
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from datasets.augment import draw_params, train_augment
-from lib.distributed import Dist, all_gather_varlen, shard_batch
+from lib.distributed.ranks import Dist, all_gather_varlen, shard_batch
 
 
 def data_parallel(model, dist):

@@ -13,9 +13,9 @@ from datasets.check import check_dataset, summary
 from datasets.folder import build_split
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from errors import InputError
-from lib.distributed import in_turn, on_main
-from lib.flags import REFERENCE_DATASET
-from lib.run import REPO
+from lib.cli.flags import REFERENCE_DATASET
+from lib.distributed.ranks import in_turn, on_main
+from lib.training.run import REPO
 
 CACHE_DEVICE_SHARE = 0.5  # --cache auto keeps decoded images on the GPU when they fill under this share of it
 

@@ -1,14 +1,14 @@
-"""MU, the momentum update (docs/method.md section 6; Kang et al., TGRS 2020): a slowly moving
-copy of the network, the key encoder (He et al., MoCo, CVPR 2020), writes its embeddings into a memory of one
-row per training image; the rows are replaced, not averaged. The entry point is ``train_SNCA_CE_MC/main.py``
-(the folder keeps the name of the authors' code)."""
+"""MU, the momentum update (Kang et al., TGRS 2020; docs/method.md section 6): a slowly moving copy of the network,
+the key encoder (He et al., MoCo, CVPR 2020), writes its embeddings into a memory of one row per training image;
+the rows are replaced, not averaged. The entry point is ``train_SNCA_CE_MC/main.py`` (the folder keeps the name of
+the authors' code)."""
 import copy
 
 import torch
 
-from lib.memory import MemoryVariant
-from lib.memory_bank import MemoryBank
-from lib.parallel import shuffled_forward, sync_batch_norm
+from lib.distributed.parallel import shuffled_forward, sync_batch_norm
+from lib.memories.bank import MemoryBank
+from lib.memories.base import Memory
 
 
 class KeyEncoder(torch.nn.Module):
@@ -18,8 +18,8 @@ class KeyEncoder(torch.nn.Module):
     statistics come from its own passes, as in the reference. On one device the reference's
     shuffle-BN (shuffle the batch, encode, un-shuffle) gives the same output, so it is not done.
     Under torchrun (``dist`` of several ranks) ``key_bn`` picks the BatchNorm batch: 'sync', the whole
-    global batch, as one process (``lib.parallel.sync_batch_norm``); 'shuffle', MoCo's shuffle-BN
-    across ranks (``lib.parallel.shuffled_forward``).
+    global batch, as one process (``lib.distributed.parallel.sync_batch_norm``); 'shuffle', MoCo's shuffle-BN
+    across ranks (``lib.distributed.parallel.shuffled_forward``).
     """
 
     def __init__(self, model, dist=None, key_bn="sync"):
@@ -48,20 +48,21 @@ class KeyEncoder(torch.nn.Module):
         self.encoder.compile(**kwargs)
 
 
-class MomentumUpdate(MemoryVariant):
+class KeyEncoderMemory(Memory):
     """The memory ``bank`` (its SNCA loss, MB's) written by ``key_encoder``; the network's re-extracted
     training embeddings are the kNN reference that picks best.pt."""
 
-    def __init__(self, bank, key_encoder, ema_momentum=0.999):
+    def __init__(self, bank, key_encoder, key_momentum=0.999):
         super().__init__()
-        self.bank, self.key_encoder, self.ema_momentum = bank, key_encoder, ema_momentum
+        self.bank, self.key_encoder, self.key_momentum = bank, key_encoder, key_momentum
 
     @classmethod
     def build(cls, args, labels, net, dist):
-        return cls(MemoryBank(labels, **cls.snca_options(args)), KeyEncoder(net, dist, args.key_bn), args.ema_momentum)
+        return cls(MemoryBank(labels, args.dim, getattr(torch, args.memory_dtype)), KeyEncoder(net, dist, args.key_bn),
+                   args.key_momentum)
 
-    def loss(self, features, indices, labels):
-        return self.bank.loss(features, indices, labels)
+    def rows(self):
+        return self.bank.rows()
 
     def writes(self, images, embeddings):
         """The key encoder's embeddings of the batch, with its weights before this step's update (MoCo's order)."""
@@ -69,7 +70,7 @@ class MomentumUpdate(MemoryVariant):
 
     @torch.no_grad()
     def step(self, model, indices, writes):
-        self.key_encoder.update(model, self.ema_momentum)
+        self.key_encoder.update(model, self.key_momentum)
         self.bank.update(indices, writes, 0.0)
 
     def reference_rows(self):

@@ -11,7 +11,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 
-from lib.knn import knn_predict
+from lib.eval.knn import knn_predict
 
 CHUNK_ELEMENTS = 2**24  # (q, N) entries per chunk; the ranking's float64 buffers peak near 1.5 GB
 KMEANS_RESTARTS = 10  # scikit-learn's n_init, set explicitly

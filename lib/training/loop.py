@@ -1,14 +1,16 @@
 """One training epoch and the validation kNN (docs/method.md sections 1 and 4-8).
 
-One loop serves every method of ``lib.methods.METHODS`` and every memory of ``MEMORIES``: what differs is
-behind the method's entry and the memory's interface (``lib.memory``). Batches arrive as uint8 images on the
-device; augmentation and normalisation run there on the whole batch.
+One loop serves every method of ``lib.losses.METHODS`` and every memory of ``lib.memories.MEMORIES``: what differs
+is behind the run's ``lib.losses.Loss`` and the memory's interface (``lib.memories.base``). Batches arrive as uint8
+images on the device; augmentation and normalisation run there on the whole batch.
 """
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from datasets.augment import eval_preprocess
-from lib.distributed import (
+from lib.distributed.parallel import BatchPart
+from lib.distributed.ranks import (
     all_gather_varlen,
     any_rank,
     gather_memory_writes,
@@ -16,47 +18,47 @@ from lib.distributed import (
     sharded_knn_predict,
     single_process,
 )
-from lib.interrupt import TrainingInterrupted
-from lib.methods import METHODS
-from lib.parallel import BatchPart
+from lib.training.interrupt import TrainingInterrupted
 
 PROGRESS_EVERY = 10  # steps between loss read-outs on the progress bar (each waits for the device)
 
 
-def train_one_epoch(model, memory, batches, optimizer, args, precision, draws=None, desc="", position=None,
+def train_one_epoch(model, memory, batches, optimizer, loss_fn, precision, draws=None, desc="", position=None,
                     stop=False, dist=None):
-    """Train over ``batches`` once with ``args.method`` and ``memory`` (None for a method without one); returns
-    the mean of each loss term over the epoch's images.
+    """Train over ``batches`` once with ``loss_fn`` (the run's ``lib.losses.Loss``) and ``memory`` (None for a
+    method without one); returns the mean of each loss term over the epoch's images.
 
-    ``precision`` holds the run's autocast context and gradient scaler (``lib.device``); the SNCA loss and the
-    memory stay float32 inside it. ``draws``: the epoch's random draws of the method (the triplets).
+    ``precision`` holds the run's autocast context and gradient scaler (``lib.training.device``); the SNCA loss and
+    the memory stay float32 inside it. ``draws``: the epoch's companions of every image (``loss_fn.draw``: the
+    triplets' positives and negatives), whose images follow the batch's own through the network.
     ``position`` = (steps done, loss sums, images seen) continues an interrupted epoch; when ``stop`` turns
     true, the loop raises ``TrainingInterrupted`` with its position after the step it is in. Under torchrun
     (``dist``) ``model`` is the DistributedDataParallel network, ``batches`` yields this rank's part of every
-    global batch, and each step is the one-process step of the global batch (``lib.parallel.BatchPart``).
+    global batch, and each step is the one-process step of the global batch (``lib.distributed.parallel.BatchPart``).
     """
     autocast, scaler, memory_format = precision
-    method, dist = METHODS[args.method], dist or single_process(batches.device)
+    dist = dist or single_process(batches.device)
+    copies = 1 + (len(draws) if draws is not None else 0)  # images through the network per batch image
+    cross_entropy = F.cross_entropy if loss_fn.with_ce else lambda logits, labels: logits.new_zeros(())
     model.train()
     first, totals, seen = position or (0, 0.0, 0)  # totals: (3,) sums of loss, loss_<term>, loss_ce, on the device
     if not dist.is_main:  # a resumed epoch's sums so far are all ranks' together, carried by rank 0 alone
         totals, seen = 0.0, 0
-    progress = tqdm(batches.iterate(first), desc=desc, total=len(batches), initial=first, leave=False,
+    progress = tqdm(batches.with_companions(first, draws), desc=desc, total=len(batches), initial=first, leave=False,
                     dynamic_ncols=True, disable=not dist.is_main)
     for step, (images, labels, indices) in enumerate(progress, start=first):
         part = BatchPart(len(labels), batches.global_size(step), dist)                # this rank's part of B
-        images = method.inputs(images, indices, batches, draws)                        # triplet: + its pairs
-        images = part.augment(images, method.copies, batches.pipeline).contiguous(
-            memory_format=memory_format)                                                # (B, C_in, S, S)
+        images = part.augment(images, copies, batches.pipeline).contiguous(
+            memory_format=memory_format)                                                # (copies * B, C_in, S, S)
         with autocast:
             embeddings, logits = model(images)                                          # (B, D), (B, C)
             writes = memory.writes(images, embeddings) if memory is not None else embeddings  # (B, D)
-            loss_ce = part.mean(method.ce, logits, labels)                              # L_CE
+            loss_ce = part.mean(cross_entropy, logits, labels)                          # L_CE (float32)
         # the metric term against the memory as it is before this step (SNCA: docs/method.md section 4)
-        loss_metric = part.mean(method.metric, embeddings.float(), labels, indices, memory, args)
-        loss = method.total(args, loss_metric, loss_ce)                                 # lambda * L_SNCA + L_CE
+        loss_metric = part.mean(loss_fn.metric, embeddings.float(), labels, indices, memory)
+        loss = loss_fn.weight * loss_metric + loss_ce                                   # lambda * L_SNCA + L_CE
         check_finite(loss_metric, loss_ce, writes, where=f"{desc or 'training'}, step {step + 1}",
-                     term=method.term, dist=dist)
+                     term=loss_fn.term, dist=dist)
 
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(part.weight(loss)).backward()
@@ -74,7 +76,7 @@ def train_one_epoch(model, memory, batches, optimizer, args, precision, draws=No
             raise TrainingInterrupted(step + 1, *epoch_sums(totals, seen, dist))
     totals, seen = epoch_sums(totals, seen, dist)
     loss, loss_metric, loss_ce = (totals / max(seen, 1)).tolist()
-    return {"loss": loss, f"loss_{method.term}": loss_metric, "loss_ce": loss_ce}
+    return {"loss": loss, f"loss_{loss_fn.term}": loss_metric, "loss_ce": loss_ce}
 
 
 def epoch_sums(totals, seen, dist):

@@ -5,7 +5,7 @@ import os
 import torch
 
 from errors import InputError, load_state  # noqa: F401 -- load_state: also read from here by callers
-from lib.utils import rng_state, set_rng_state
+from lib.training.utils import rng_state, set_rng_state
 
 # Arguments that fix the shapes or the meaning of the saved state: a resumed run must agree on them.
 MUST_MATCH = ("memory", "method", "model", "dim", "dataset", "image_size", "bands", "split")
@@ -104,7 +104,7 @@ def restore_training_state(checkpoint, model, memory, optimizer, scaler, device)
 def memory_state(checkpoint):
     """The checkpoint's memory entry. MU checkpoints written before the key encoder became part of the memory
     entry hold the bank under "memory" and the key encoder under "key_encoder": their keys are moved to where
-    ``MomentumUpdate`` holds them (``bank.``, ``key_encoder.``), so those runs resume too."""
+    ``KeyEncoderMemory`` holds them (``bank.``, ``key_encoder.``), so those runs resume too."""
     if checkpoint.get("key_encoder") is None:
         return checkpoint["memory"]
     return {**{f"bank.{k}": v for k, v in checkpoint["memory"].items()},

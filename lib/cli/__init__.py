@@ -1,0 +1,1 @@
+"""Command-line flags: the parsers of the entry points and tools, and their checks (torch-free)."""

@@ -1,0 +1,1 @@
+"""torchrun: process groups and collectives (``ranks``), and the network and batch across ranks (``parallel``)."""
