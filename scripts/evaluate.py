@@ -18,7 +18,7 @@ predictions; with --rotations, mAP and kNN OA of the queries under each of the 8
 confusion_matrix.csv/.png (kNN K = 10), per_class.csv, pr_curve.csv/.png, tsne.png, retrieval_examples.png
 and embeddings.npz; logs the confusion matrix and the query embeddings (TensorBoard's projector, with
 thumbnails) to the run's tb/eval_<split>/, replaced by a re-run. With --tta d4 everything goes to
-eval/<split>-tta-d4/ (and tb/eval_<split>-tta-d4/). Metric definitions: README.
+eval/<split>-tta-d4/ (and tb/eval_<split>-tta-d4/). Metric definitions: docs/evaluation.md.
 """
 import csv
 import json

@@ -8,7 +8,7 @@
 #   OUT         where the run folders go, relative to the repository root (default runs/paper)
 #   EPOCHS      training epochs (default 130, the paper's)
 #   AMP         training precision: none (default: float32, as the authors trained), bf16 or fp16 (faster, not the
-#               authors' numerics; README "Precision"); evaluation is float32 either way
+#               authors' numerics; docs/performance.md, "Precision"); evaluation is float32 either way
 #   EXTRA_ARGS  more flags for every training and evaluation command, e.g. "--num_workers 16", "--weights
 #               resnet18.pth" (offline), "--cache-dir /scratch/cache"; given last, so they win over the script's
 #   DRY_RUN     1: print the plan and the commands, run nothing

@@ -1,4 +1,4 @@
-"""The architecture the README's Layout section describes, checked on the source: the two entry points differ by
+"""The architecture docs/extending.md describes, checked on the source: the two entry points differ by
 their method alone, the method and memory tables are the only places that tell methods apart, and the layers
 import downwards only."""
 import ast
