@@ -140,3 +140,44 @@ def test_no_unchecked_number_of_the_paper():
     quoted = {(path, match.group()) for path, text in texts() for match in PAPER_NUMBER.finditer(text)}
     assert any(number == "Fig. 4" for _, number in quoted), "no citation found: the pattern is wrong"
     assert not {(path, number) for path, number in quoted if number != "Fig. 4"}
+
+
+README_LINES = 250  # the front page: what the method is, the Quickstart, results, the paper scripts, the contents
+RATIO = re.compile(r"\b\d+\.\d+x\b")  # "1.85x"
+NUMBER = r"\d[\d,]*(?:\.\d+)?"
+# "6,659 images/s", "876 against 403 images/s", "6,659 (MB) and 4,978 (MU) images/s": every number of the run
+THROUGHPUT = re.compile(rf"(?:{NUMBER}(?: \([A-Za-z]+\))?(?:, | and | against | vs\.? | to | or ))*{NUMBER}"
+                        rf"(?: \([A-Za-z]+\))? images/s")
+
+
+def test_readme_is_one_screen_of_front_page():
+    """README.md is the front page; the reference moved to docs/ (issue 21)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= README_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
+
+
+def quoted_figures(text):
+    """The "N.NNx" ratios and the numbers of every images/s figure in ``text`` (a line break counts as a space)."""
+    text = re.sub(r"\s+", " ", text)
+    return set(RATIO.findall(text)) | {n for match in THROUGHPUT.finditer(text)
+                                       for n in re.findall(NUMBER, match.group())}
+
+
+def test_ratios_and_throughputs_in_the_docs_are_in_the_benchmark_results():
+    """Every "N.NNx" ratio and images/s figure the README, CONTRIBUTING.md and docs/ quote is written, as the same
+    string, in benchmarks/RESULTS.md, where its machine, date and command are; a figure computed from others is
+    written as a factor with its arithmetic ("x1.68, derived: 6,659 / 3,959"), which this pattern leaves alone."""
+    with open(os.path.join(REPO, "benchmarks", "RESULTS.md"), encoding="utf-8") as f:
+        results = f.read()
+    pages = [p for p in TRACKED if p in ("README.md", "CONTRIBUTING.md") or re.fullmatch(r"docs/[^/]+\.md", p)]
+    quoted = {}
+    for page in pages:
+        with open(os.path.join(REPO, page), encoding="utf-8") as f:
+            for figure in quoted_figures(f.read()):
+                quoted.setdefault(figure, []).append(page)
+    assert {"1.85x", "6,659", "403"} <= set(quoted), "the patterns find no figure: they are wrong"
+    missing = {figure: where for figure, where in quoted.items()
+               if not re.search(rf"(?<![\d,.]){re.escape(figure)}(?![\d,]|\.\d)", results)}
+    assert not missing, "figures not in benchmarks/RESULTS.md:\n" + "\n".join(
+        f"{figure} ({', '.join(where)})" for figure, where in sorted(missing.items()))
