@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from lib import snca_loss
+from lib import chunked_snca_loss, snca_loss
 
 from conftest import float32_error_bound
 
@@ -114,3 +115,15 @@ def test_half_precision_logits_do_not_overflow():
     # plus the float32 arithmetic's own bound (dim = 0: no dot product).
     loss_bound, _ = float32_error_bound(len(indices), 0, temperature, len(memory))
     assert abs(got.item() - want) <= 2 * 2.0**-11 * logits.abs().max().item() + loss_bound * max(1, want)
+
+
+def test_a_nan_similarity_makes_the_loss_nan_instead_of_dropping_its_row():
+    """Only a row without a positive is dropped; a NaN must reach the loss, so that the step is stopped."""
+    labels, indices = torch.arange(10) % 2, torch.arange(4)
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    logits[1, 3] = torch.nan
+    assert snca_loss(logits, indices, labels).isnan()
+    features = F.normalize(torch.randn(4, 8), dim=1)
+    features[2, 0] = torch.nan
+    memory = F.normalize(torch.randn(10, 8), dim=1)
+    assert chunked_snca_loss(features, memory, indices, labels, 0.05, chunk_size=3).isnan()

@@ -52,7 +52,7 @@ def log_sums(logits, same_class, left_out):
 def from_log_sums(log_p, log_z, margin=0.0):
     """-(1/B) sum_i log(P_i e^-m / (Z_i - P_i + P_i e^-m)) over the i with P_i > 0, from (log P, log Z) (B,) and
     ``margin`` m in logits."""
-    has_positive = log_p > -torch.inf                                                             # (B,)
+    has_positive = ~log_p.isneginf()                                                              # (B,) NaN kept
     # The other rows get finite dummies: their terms are dropped and no NaN reaches a kept gradient.
     log_p = torch.where(has_positive, log_p, 0.0)                                                 # (B,)
     log_z = torch.where(has_positive, log_z, 0.0)                                                 # (B,)
