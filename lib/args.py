@@ -93,8 +93,9 @@ def get_args_parser(memory="mb"):
                        help="local torchvision state dict for the trunk (overrides --pretrained)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=NON_NEGATIVE_INT, default=130,
-                       help="epochs to train in all (a resume with a larger value extends the run); paper: 130")
+    optim.add_argument("--epochs", type=COUNT, default=130,
+                       help="epochs to train in all, at least 1 (a resume with a larger value extends the run); "
+                       "paper: 130")
     optim.add_argument("-b", "--batch-size", type=COUNT, default=256,
                        help="global batch size: under torchrun the ranks split each batch; paper: 256 (one GPU)")
     optim.add_argument("--lr", "--learning-rate", type=POSITIVE, default=0.1, help="SGD learning rate; paper: 0.1")
