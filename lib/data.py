@@ -88,6 +88,9 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
     if not splits["val"]:
         raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
                          "images give no validation image")
+    if len(splits["train"]) < 2:
+        raise InputError(f"the training split has {len(splits['train'])} image(s): BatchNorm trains on at least 2; "
+                         "give each class more images")
     device, generator = dist.device, torch.Generator()
     shard = {"rank": dist.rank, "world_size": dist.world_size}
     try:
@@ -114,6 +117,7 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
     eval_batch_size = args.eval_batch_size or args.batch_size
     made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", eval_batch_size),
             batches("train", eval_batch_size))
+    made[0].fold_single = True  # no training step on a single image (BatchNorm): docs/differences-notes-23.md
     if bands is not None:  # per-band statistics of the training split, once
         bands = training_statistics(bands, splits["train"], args.image_size, args.num_workers, images["train"],
                                     band_stats)

@@ -274,3 +274,13 @@ def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
     make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
     one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
                        "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")
+
+
+@pytest.mark.slow
+def test_a_last_training_batch_of_one_image_trains_at_32_px(image_tree, tmp_path):
+    """32 training images in batches of 31 at --image-size 32: the last batch, of one image, would give BatchNorm
+    one value per channel in layer4 (1 x 1); it joins the batch before it, and the epoch trains in one step."""
+    done = run("mb", *small_run("mb", image_tree, str(tmp_path), "-b", "31", epochs=1, run_name="single"),
+               cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert [m["epoch"] for m in metrics(str(tmp_path / "single"))] == [1]
