@@ -18,7 +18,7 @@ from lib.engine import NonFiniteError
 from lib.flags import COUNT, Range
 from lib.run import resume_line
 
-from conftest import REPO, run_script
+from conftest import MAX_ERROR_CHARS, REPO, run_script
 
 # Every option string of the authors' two parsers (train_SNCA_CE/main.py and train_SNCA_CE_MC/main.py of
 # github.com/jiankang1991/SNCA_CE), a value, and what it sets there: (destination, value).
@@ -262,6 +262,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         done = run_script(path, *flags, cwd=tmp_path)
         assert done.returncode != 0 and done.stdout == "", (flags, done.stdout)
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), (flags, done.stderr)
+        assert len(done.stderr.strip()) <= MAX_ERROR_CHARS, (flags, done.stderr)  # one short line, fix included
         for needle in needles:
             assert needle in done.stderr, (flags, done.stderr)
     assert (tree(tmp_path), tree(out), tree(image_tree)) == before  # no new folder, no changed file
