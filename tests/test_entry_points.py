@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, copy_run, run_script, untimed
+from conftest import MAX_ERROR_CHARS, REPO, copy_run, run_script, untimed
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -160,6 +160,7 @@ def one_line_error(done, *needles):
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()  # a progress bar may stand before it
     assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, done.stderr
+    assert len(lines[-1]) <= MAX_ERROR_CHARS, lines[-1]  # one short line, the fix included
     for needle in needles:
         assert needle in lines[-1], lines[-1]
 
@@ -284,3 +285,5 @@ def test_a_last_training_batch_of_one_image_trains_at_32_px(image_tree, tmp_path
                cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert [m["epoch"] for m in metrics(str(tmp_path / "single"))] == [1]
+    # stderr is no terminal here: no progress bar, the epoch's line alone
+    assert "it/s" not in done.stderr and "epoch 1/1:" not in done.stderr and "epoch 1/1  loss" in done.stdout

@@ -190,6 +190,7 @@ def test_a_paper_script_runs_end_to_end_on_a_tiny_layout(tmp_path):
                         EXTRA_ARGS="--num_workers 0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "checked 2 command(s): all pass" in done.stdout
+    assert "it/s" not in done.stderr and "epoch 1/1  loss" in done.stdout  # a log: epoch lines, no progress bar
     assert (out / "NWPU-RESISC45-snca-ce-mb-seed0" / "eval" / "test" / "results.json").is_file()
     tables = (out / "tables" / "tables.md").read_text()
     assert "NWPU-RESISC45" in tables and "SNCA-CE (MB)" in tables
