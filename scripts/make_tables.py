@@ -101,14 +101,15 @@ class Rows(list):
 
 
 def find_runs(roots):
-    """The run folders below ``roots`` (a run folder holds no other runs), each once."""
-    found = set()
+    """The run folders below ``roots`` (a run folder holds no other runs), each once, named as the command line
+    names their root (relative stays relative, in warnings and the skipped list alike)."""
+    found = {}
     for root in roots:
         for folder, subfolders, files in os.walk(root):
             if "args.json" in files:
-                found.add(os.path.realpath(folder))
+                found.setdefault(os.path.realpath(folder), folder)
                 subfolders.clear()
-    return sorted(found)
+    return sorted(found.values())
 
 
 def read_json_lines(path):

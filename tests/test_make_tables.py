@@ -222,6 +222,10 @@ def test_crashed_unfinished_and_unevaluated_runs_are_skipped_and_a_resumed_run_c
     reasons = {os.path.basename(k): line for k, line in skipped.items()}
     assert "0 of 5 epochs" in reasons["crashed"] and "2 of 5 epochs" in reasons["unfinished"]
     assert "results.json" in reasons["unevaluated"]
+    relative = run_script(MAKE_TABLES, "runs", "--out", "tables", cwd=tmp_path)  # paths shown as given
+    assert relative.returncode == 0, relative.stderr
+    assert {line.split()[1] for line in relative.stdout.splitlines() if line.startswith("skipped ")} == \
+        {os.path.join("runs", name) + ":" for name in ("crashed", "unfinished", "unevaluated")}
 
 
 @pytest.mark.parametrize("name", ["learning_curves.png", "pr_curves.png"])
