@@ -284,7 +284,8 @@ def summary(results):
     recalls = " / ".join(f"{100 * r[f'recall@{k}']:.2f}" for k in (1, 2, 4, 8))
     worst = sorted(results["per_class"]["per_class"].items(), key=lambda item: (item[1]["f1"], item[0]))
     within = " (unseen classes, each query against the others)" if results["database"] == "queries" else ""
-    lines = [f"{results['split']}{within}: kNN OA@1/5/10 {overall} %, "
+    tta = " with --tta d4 (each embedding the mean of the 8 symmetries')" if results.get("tta") == "d4" else ""
+    lines = [f"{results['split']}{tta}{within}: kNN OA@1/5/10 {overall} %, "
              f"AA@10 {100 * knn['10']['average']:.2f} %; mAP {100 * r['map']:.2f}, mAP@20 {100 * r['map@20']:.2f}, "
              f"ANMRR {r['anmrr']:.4f}; K-means acc {100 * results['clustering']['kmeans_accuracy']:.2f} %, "
              f"NMI {results['clustering']['nmi']:.4f}",

@@ -267,6 +267,7 @@ def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trai
     done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", "--tta", "d4",
                       "--rotations", cwd=trained)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("test with --tta d4") and "\ntest:" not in done.stdout  # named as what it is
     folder = os.path.join(trained, "eval", "test-tta-d4")
     saved = dict(np.load(os.path.join(folder, "embeddings.npz")))
     model = trained_network(trained)
