@@ -3,6 +3,9 @@
 (the tool's own parser and checks, which write nothing), all in this one process.
 
     printf '%s\\n' "python3 train_SNCA_CE/main.py --data /datasets --dataset AID" | python3 scripts/check_commands.py
+    printf '%s\\0' python3 scripts/evaluate.py runs/x ''  | python3 scripts/check_commands.py --null
+
+With ``--null`` each argument ends in a NUL byte and each command in an empty argument (any path, as it is).
 
 The paper scripts (scripts/paper_common.sh) check every training and evaluation command of their plan so, before
 the first training. Prints each distinct error once, with the number of commands it stops and one of them;
@@ -41,8 +44,23 @@ def check(argv):
     return lines[-1].removeprefix("error: ") if lines else f"exit status {code}"
 
 
+def read_commands(null):
+    """The commands of standard input: shell-quoted lines, or (``null``) NUL-terminated arguments, each command
+    ended by an empty one."""
+    if not null:
+        return [shlex.split(line) for line in sys.stdin if line.strip()]
+    commands, command = [], []
+    for field in sys.stdin.buffer.read().split(b"\0"):
+        if field:
+            command.append(os.fsdecode(field))
+        elif command:
+            commands.append(command)
+            command = []
+    return commands
+
+
 def main():
-    commands = [shlex.split(line) for line in sys.stdin if line.strip()]
+    commands = read_commands("--null" in sys.argv[1:])
     failed = {}
     for argv in commands:
         error = check(argv)

@@ -5,6 +5,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -194,3 +195,20 @@ def test_a_paper_script_runs_end_to_end_on_a_tiny_layout(tmp_path):
     assert (out / "NWPU-RESISC45-snca-ce-mb-seed0" / "eval" / "test" / "results.json").is_file()
     tables = (out / "tables" / "tables.md").read_text()
     assert "NWPU-RESISC45" in tables and "SNCA-CE (MB)" in tables
+
+
+def test_check_commands_runs_each_tool_in_its_check_mode_and_writes_nothing(tmp_path):
+    """Shell-quoted lines, or NUL-separated arguments (any path): each command is its tool's --check-args."""
+    check = os.path.join(REPO, "scripts", "check_commands.py")
+    (tmp_path / "d é" / "AID").mkdir(parents=True)
+    good = ["python3", "train_SNCA_CE_MC/main.py", "--data", str(tmp_path / "d é"), "--dataset", "AID", "--out",
+            str(tmp_path / "runs")]
+    bad = ["python3", "scripts/evaluate.py", str(tmp_path / "runs" / "x"), "--image-size", "32"]
+    lines = subprocess.run([sys.executable, check], input=f"{shlex.join(good)}\n{shlex.join(bad)}\n", cwd=REPO,
+                           capture_output=True, text=True)
+    null = subprocess.run([sys.executable, check, "--null"], input="\0".join([*good, "", *bad, ""]) + "\0",
+                          cwd=REPO, capture_output=True, text=True)
+    for done in (lines, null):
+        assert done.returncode == 1 and "checked 2 command(s): 1 fail" in done.stderr
+        assert "scripts/evaluate.py: unrecognized arguments: --image-size 32 (1 command(s)" in done.stderr
+    assert sorted(os.listdir(tmp_path)) == ["d é"]  # no run folder
