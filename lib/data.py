@@ -69,7 +69,7 @@ def bad_files_message(report, root, shown=3):
     def few(items, kinds=True, details=True):
         named = ", ".join(os.path.relpath(p, root) + (f" ({kind + ': ' if kinds else ''}{short(detail)})"
                                                       if details and detail else f" ({kind})" if kinds else "")
-                          for kind, p, detail in items[:shown])
+                          for kind, p, detail in items[:shown])  # kinds alone: "a.png (empty-file)"
         return named + (f" and {len(items) - shown} more" if len(items) > shown else "")
 
     if multi:
@@ -78,8 +78,8 @@ def bad_files_message(report, root, shown=3):
     if odd:
         return (f"{len(odd)} file(s) in {root} differ from most files' {report['bands']} bands: {few(odd, False)}. "
                 "Leave them out with --skip-bad-images")
-    return (f"{len(bad)} unreadable image(s) in {root}: {few(bad)}. Leave them out with --skip-bad-images; "
-            "scripts/check_dataset.py lists them all")
+    return (f"{len(bad)} unreadable image(s) in {root}: {few(bad, details=False)}. Leave them out with "
+            "--skip-bad-images (scripts/check_dataset.py says why)")
 
 
 def checked_splits(root, args, dist):

@@ -90,13 +90,13 @@ train_and_eval() {
 # check_plan: every command of the plan still to run passes its tool's --check-args, and DATA holds every dataset
 # of the plan; else the script stops here, before the first training (DRY_RUN too)
 check_plan() {
-  local row entry method dataset split seed missing=() commands=()
+  local row entry method dataset split seed missing=() checked=()
   for seed in $(seq 0 $((SEEDS - 1))); do
     for row in "${PLAN[@]}"; do
       read -r entry method dataset split <<< "$row"
       commands "$entry" "$method" "$dataset" "$seed" "$split"
       if [ "$DONE" = 1 ] || ! selected "$NAME"; then continue; fi
-      commands+=("${TRAIN[@]}" "" "${EVAL[@]}" "")  # an empty argument ends a command
+      checked+=("${TRAIN[@]}" "" "${EVAL[@]}" "")  # an empty argument ends a command
       if [ ! -d "$DATA/$dataset" ] && [[ " ${missing[*]} " != *" $dataset "* ]]; then missing+=("$dataset"); fi
     done
   done
@@ -104,7 +104,7 @@ check_plan() {
     echo "error: DATA=$DATA holds no ${missing[*]/%//} folder(s): set DATA to the folder that holds them" >&2
     exit 1
   fi
-  if [ ${#commands[@]} -gt 0 ] && ! printf '%s\0' "${commands[@]}" | python3 scripts/check_commands.py --null; then
+  if [ ${#checked[@]} -gt 0 ] && ! printf '%s\0' "${checked[@]}" | python3 scripts/check_commands.py --null; then
     echo "error: nothing trained: flags of training alone go in TRAIN_ARGS, of evaluation alone in EVAL_ARGS;" \
          "EXTRA_ARGS reaches both (scripts/paper_common.sh)" >&2
     exit 1
