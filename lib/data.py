@@ -74,7 +74,7 @@ def bad_files_message(report, root, shown=3):
 
     if multi:
         return (f"{len(multi)} file(s) in {root} are {multi[0][2]} TIFFs, which only --bands reads: give --bands all "
-                f"or the bands to keep (--bands 4,3,2): {few(multi, details=False)}")
+                f"or the bands to keep (--bands 4,3,2): {few(multi, kinds=False, details=False)}")
     if odd:
         return (f"{len(odd)} file(s) in {root} differ from most files' {report['bands']} bands: {few(odd, False)}. "
                 "Leave them out with --skip-bad-images")

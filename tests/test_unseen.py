@@ -201,7 +201,10 @@ def test_make_tables_keeps_unseen_runs_apart_and_shows_the_new_tables(tmp_path):
 
 
 def test_paper_table_unseen_dry_run(tmp_path):
-    env = dict(os.environ, DRY_RUN="1", DATA="/nonexistent", SEEDS="2", EPOCHS="1", OUT=str(tmp_path / "out"))
+    for dataset in ("AID", "NWPU-RESISC45"):  # all that a dry run's checks look at
+        os.makedirs(tmp_path / "datasets" / dataset)
+    env = dict(os.environ, DRY_RUN="1", DATA=str(tmp_path / "datasets"), SEEDS="2", EPOCHS="1",
+               OUT=str(tmp_path / "out"))
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", "paper_table_unseen.sh")], env=env,
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert done.returncode == 0, done.stderr
