@@ -47,20 +47,32 @@ class Batches:
     """
 
     pipeline = None  # how the images are augmented and normalised: None, the reference RGB functions
+    # Training batches (``lib.training.data.make_batches``): a last batch of one image joins the batch before it, since
+    # BatchNorm cannot train on one value per channel (at --image-size 32 layer4 is 1 x 1). A global rule, the
+    # same on every rank and for any number of ranks, so torchrun parts and mid-epoch resumes stay aligned.
+    fold_single = False
 
     def __init__(self, labels, batch_size, device, shuffle=False, generator=None, rank=0, world_size=1):
         self.labels = torch.as_tensor(labels, dtype=torch.long).cpu()            # (N,)
         self.batch_size, self.device, self.shuffle, self.generator = batch_size, device, shuffle, generator
         self.rank, self.world_size = rank, world_size
 
+    def folds(self):
+        """Whether the last batch, of a single image, joins the one before it (``fold_single``)."""
+        n = len(self.labels)
+        return self.fold_single and n > self.batch_size and n % self.batch_size == 1
+
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return math.ceil(len(self.labels) / self.batch_size) - self.folds()
 
     def batch_indices(self, start=0):
         """The pass's (global) batches of dataset indices, from batch ``start`` on (a run resumed mid-epoch)."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        return order.split(self.batch_size)[start:]
+        batches = list(order.split(self.batch_size))
+        if self.folds():
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches[start:]
 
     def shard_indices(self, start=0):
         """This rank's part of each of the pass's batches (all of it in one process)."""
@@ -70,7 +82,8 @@ class Batches:
 
     def global_size(self, step):
         """The number of images in batch ``step``, over all ranks."""
-        return min(self.batch_size, len(self.labels) - step * self.batch_size)
+        left = len(self.labels) - step * self.batch_size
+        return left if self.folds() and step == len(self) - 1 else min(self.batch_size, left)
 
     def __iter__(self):
         return self.iterate()

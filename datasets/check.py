@@ -20,12 +20,14 @@ from datasets.folder import (
     band_header,
     build_split,
     list_class_files,
+    quiet_pillow,
     read_bands,
     to_rgb,
 )
 
 KINDS = {
     "unreadable": "cannot be decoded (corrupt, truncated or not an image)",
+    "multiband": "multi-band TIFF that only --bands reads (e.g. --bands all, or the bands to keep: --bands 4,3,2)",
     "empty-file": "zero bytes",
     "bands": "band count or data type other than the dataset's most common one (--bands)",
     "mode": "not 8-bit RGB; converted to RGB as the detail says",
@@ -37,7 +39,7 @@ KINDS = {
     "empty-class": "class folder without any image of --imgEXT: it still takes a label",
     "other-file": "file without the --imgEXT extension, not used",
 }
-BAD = ("unreadable", "empty-file", "bands")
+BAD = ("unreadable", "multiband", "empty-file", "bands")
 STOPS, SKIPPED = "training stops unless --skip-bad-images", "left out of the split (--skip-bad-images)"
 CONVERSIONS = {
     "1": "bilevel, replicated to 3 channels", "L": "grey, replicated to 3 channels",
@@ -54,6 +56,7 @@ def inspect(path, full):
     decode; ``problem`` is None or ``(kind, detail)``."""
     if os.path.getsize(path) == 0:
         return None, None, ("empty-file", "")
+    quiet_pillow()
     try:
         with Image.open(path) as image:
             mode, size = image.mode, image.size
@@ -61,7 +64,19 @@ def inspect(path, full):
                 to_rgb(image)
         return mode, size, None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return None, None, ("unreadable", str(error))
+        return None, None, multiband(path) or ("unreadable", str(error).replace(f" '{path}'", ""))
+
+
+def multiband(path):
+    """``("multiband", '<count>-band <dtype>')`` for a TIFF that Pillow cannot read and tifffile reads whole, else
+    None (a damaged file stays unreadable)."""
+    if not path.lower().endswith((".tif", ".tiff")):
+        return None
+    try:
+        array = read_bands(path)
+    except Exception:  # a probe: whatever tifffile raises, the file is not a readable N-band TIFF
+        return None
+    return "multiband", f"{array.shape[0]}-band {array.dtype.name}"
 
 
 def inspect_bands(path, full):

@@ -4,8 +4,10 @@ split (docs/evaluation.md).
 Layout: ``<data>/<dataset>/<class>/<image>.<ext>``; classes are the sorted sub-folder names and a
 label is the class index.
 """
+import logging
 import os
 import random
+import warnings
 
 import numpy as np
 import tifffile
@@ -16,6 +18,16 @@ from PIL import Image
 from errors import InputError
 
 SPLIT_NAMES = ("train", "val", "test")
+# tifffile logs what it finds wrong in a damaged file (``invalid offset to first page``); the project says it once,
+# as the file's error or check_dataset.py's report
+logging.getLogger("tifffile").setLevel(logging.ERROR)
+
+
+def quiet_pillow():
+    """Pillow's warnings on a damaged file (a truncated TIFF's ``Corrupt EXIF data``) are left out: the file's
+    problem reaches the user as the project's one line (the error naming the file, check_dataset.py's report).
+    Called before each decode, since a warnings context (pytest's, a caller's) may have reset the filters."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 
 
 def list_class_files(root, ext):
@@ -136,6 +148,7 @@ def to_rgb(image):
 
 def load_rgb(path):
     """Decode one image as RGB (``to_rgb``), naming the file when it cannot be read."""
+    quiet_pillow()
     try:
         with Image.open(path) as image:
             return to_rgb(image)

@@ -67,13 +67,27 @@ def get_args_parser():
     parser.add_argument("--tta", default="none", choices=("none", "d4"),
                         help="d4: embed every image, query and database, as the renormalised mean of its 8 "
                         "symmetries' embeddings (results in eval/<split>-tta-d4/)")
+    parser.add_argument("--check-args", action="store_true",
+                        help="parse and check the flags and the paths given (--data, --cache-dir), then exit 0 "
+                        "without reading the run, which may not exist yet (the paper scripts check before training)")
     return parser
+
+
+def check_args(args, parser):
+    """``--check-args``: the paths whose kind is known before the run exists."""
+    if args.data is not None and not os.path.isdir(args.data):
+        parser.error(f"--data {args.data}: no such folder")
+    if args.cache_dir is not None and os.path.exists(args.cache_dir) and not os.path.isdir(args.cache_dir):
+        parser.error(f"--cache-dir {args.cache_dir} is a file: give a folder")
+    sys.exit(0)
 
 
 if __name__ == "__main__":  # --help and bad flags answer here, before torch and the rest below are imported
     PARSER = get_args_parser()
     ARGS = PARSER.parse_args()
     ARGS.target, ARGS.checkpoint = checkpoint_target(ARGS, PARSER)
+    if ARGS.check_args:
+        check_args(ARGS, PARSER)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -270,7 +284,8 @@ def summary(results):
     recalls = " / ".join(f"{100 * r[f'recall@{k}']:.2f}" for k in (1, 2, 4, 8))
     worst = sorted(results["per_class"]["per_class"].items(), key=lambda item: (item[1]["f1"], item[0]))
     within = " (unseen classes, each query against the others)" if results["database"] == "queries" else ""
-    lines = [f"{results['split']}{within}: kNN OA@1/5/10 {overall} %, "
+    tta = " with --tta d4 (each embedding the mean of the 8 symmetries')" if results.get("tta") == "d4" else ""
+    lines = [f"{results['split']}{tta}{within}: kNN OA@1/5/10 {overall} %, "
              f"AA@10 {100 * knn['10']['average']:.2f} %; mAP {100 * r['map']:.2f}, mAP@20 {100 * r['map@20']:.2f}, "
              f"ANMRR {r['anmrr']:.4f}; K-means acc {100 * results['clustering']['kmeans_accuracy']:.2f} %, "
              f"NMI {results['clustering']['nmi']:.4f}",

@@ -12,10 +12,10 @@ A seed present twice in a group is counted once, with a warning naming both fold
 finish or that has no ``eval/<split>/results.json`` (``scripts/evaluate.py``) is listed as skipped, not counted.
 Written to --out:
 
-- ``tables.md``: one Markdown table per metric family (kNN, retrieval mAP, retrieval P@k, clustering, Recall@K and
-  MAP@R, rotation robustness when evaluated, validation), cells ``mean ± std`` in percent (ANMRR x 100 too), ``n``
-  and ``seeds`` columns per dataset; the skipped runs. Runs trained with ``--split unseen`` form their own dataset
-  column, "<dataset> (unseen classes)".
+- ``tables.md``: per metric family (kNN, retrieval mAP, retrieval P@k, clustering, Recall@K and MAP@R, rotation
+  robustness when evaluated, validation) one Markdown table per dataset, with ``n``, ``seeds`` and a column per
+  metric that some run of that dataset has, cells ``mean ± std`` in percent (ANMRR x 100 too); the skipped runs.
+  Runs trained with ``--split unseen`` form their own dataset, "<dataset> (unseen classes)".
 - ``tables.csv``: long format ``method, dataset, metric, mean, std, n, seeds``, values as recorded (fractions).
 - ``learning_curves.png``: validation kNN@10 per epoch, mean over seeds with a min..max band (the paper's Fig. 4).
 - ``pr_curves.png``: interpolated precision against recall, mean over seeds.
@@ -29,6 +29,7 @@ import sys
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # The repository root goes first on the path, so that this script runs from any working directory.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -100,14 +101,15 @@ class Rows(list):
 
 
 def find_runs(roots):
-    """The run folders below ``roots`` (a run folder holds no other runs), each once."""
-    found = set()
+    """The run folders below ``roots`` (a run folder holds no other runs), each once, named as the command line
+    names their root (relative stays relative, in warnings and the skipped list alike)."""
+    found = {}
     for root in roots:
         for folder, subfolders, files in os.walk(root):
             if "args.json" in files:
-                found.add(os.path.realpath(folder))
+                found.setdefault(os.path.realpath(folder), folder)
                 subfolders.clear()
-    return sorted(found)
+    return sorted(found.values())
 
 
 def read_json_lines(path):
@@ -194,19 +196,25 @@ def cell(stat):
 
 
 def markdown_table(title, metrics, summary, rows, datasets):
-    header = ["Method"] + [f"{dataset} {label}" for dataset in datasets
-                           for label in ["n", "seeds"] + [m[1] for m in metrics]]
-    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        stats = [summary.get((row, dataset), {}) for dataset in datasets]
-        if not any(metric in s for s in stats for metric, _ in metrics):
+    """The family's tables, one per dataset (``### <dataset>``): a column per metric some row of that dataset has,
+    a line per row with results there."""
+    lines = [f"## {title}", ""]
+    for dataset in datasets:
+        stats = {row: summary.get((row, dataset), {}) for row in rows}
+        present = [(metric, label) for metric, label in metrics if any(metric in s for s in stats.values())]
+        if not present:
             continue
-        cells = [rows.label(row)]
-        for s in stats:
-            n, seeds = max(((s[metric][2], s[metric][3]) for metric, _ in metrics if metric in s), default=(0, "–"))
-            cells += [str(n), seeds] + [cell(s[metric]) if metric in s else "–" for metric, _ in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        header = ["Method", "n", "seeds"] + [label for _, label in present]
+        lines += [f"### {dataset}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in rows:
+            s = stats[row]
+            if not any(metric in s for metric, _ in present):
+                continue
+            n, seeds = max((s[metric][2], s[metric][3]) for metric, _ in present if metric in s)
+            cells = [rows.label(row), str(n), seeds] + [cell(s[m]) if m in s else "–" for m, _ in present]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def panels(datasets, ylabel, xlabel):
@@ -232,8 +240,10 @@ def plot_learning_curves(runs, rows, path):
                 ax.plot(epochs, [np.mean(a) for a in acc], **line)
                 ax.fill_between(epochs, [min(a) for a in acc], [max(a) for a in acc], color=line["color"],
                                 alpha=BAND_ALPHA, linewidth=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers, also over 2 of them
         ax.legend()
     fig.savefig(path, dpi=DPI)
+    return fig
 
 
 def plot_pr_curves(runs, rows, path):

@@ -5,7 +5,8 @@
 
 The gallery (every image under the folder, any depth) is embedded once and cached beside the run in
 ``retrieval_cache/``; files added, removed or changed since are re-embedded on the next call. Prints the
-top-k paths with their cosine similarity and writes a self-contained HTML page with thumbnails.
+top-k paths with their cosine similarity and writes a self-contained HTML page with thumbnails per query, one
+per query path (``wrote PATH`` names it); ``--exclude-self`` leaves the query's own file, and copies of it, out.
 """
 import base64
 import hashlib
@@ -28,7 +29,11 @@ def get_args_parser():
     parser.add_argument("--query", required=True, nargs="+", metavar="IMAGE", help="query image(s)")
     parser.add_argument("--k", type=COUNT, default=20, help="results per query")
     parser.add_argument("--html", default=None, metavar="PATH",
-                        help="the page to write (default: RUN_DIR/retrieval/<query name>.html)")
+                        help="the page to write, with one --query (default: RUN_DIR/retrieval/<folder>-<name>-<hash of "
+                        "the query's path>.html, one page per query path)")
+    parser.add_argument("--exclude-self", action="store_true",
+                        help="leave out of the results the gallery files that are the query: the same path, or the "
+                        "same bytes")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
     return parser
 
@@ -44,6 +49,7 @@ from PIL import Image  # noqa: E402
 
 from datasets import load_rgb  # noqa: E402
 from datasets.augment import pipeline_of  # noqa: E402
+from datasets.check import digest  # noqa: E402
 from datasets.folder import decode_image, read_bands  # noqa: E402
 from lib.eval.inference import checkpoint_path, embed, load_trained, top_k  # noqa: E402
 from lib.training.device import resolve_device, resolve_precision  # noqa: E402
@@ -66,26 +72,67 @@ def retrieve(args):
     precision = resolve_precision(device, "none")
     if not os.path.isdir(args.gallery):
         raise InputError(f"--gallery {args.gallery}: no such folder")
+    for query in args.query:  # before the gallery is embedded
+        if not os.path.isfile(query):
+            raise InputError(f"--query {query}: no such file")
     model, run_args, run_dir = load_trained(args.target, device, args.checkpoint, flag="--checkpoint")
     size = run_args["image_size"]
     args.pipeline = pipeline_of(run_args["band_stats"])  # N-band runs: their bands and per-band statistics
     paths, gallery = gallery_embeddings(model, args, run_dir, size, device, precision)
     if not paths:
         raise InputError(f"--gallery {args.gallery}: no images ({', '.join(extensions(args.pipeline))})")
-    queries = torch.stack([decode(q, size, args.pipeline) for q in args.query])      # (Q, C, S, S)
+    queries = torch.stack([decode_query(q, size, args.pipeline) for q in args.query])  # (Q, C, S, S)
     q = embed(model, queries, torch.zeros(len(queries), dtype=torch.long), device, precision, pipeline=args.pipeline)
-    found = top_k(q, gallery.to(device), args.k)                                      # (Q, k)
-    scores = (q[:, None, :] * gallery.to(device)[found]).sum(-1)                     # (Q, k)
-    for query, rows, sims in zip(args.query, found.tolist(), scores.tolist()):
-        print(f"query {query}")
-        for rank, (j, sim) in enumerate(zip(rows, sims), start=1):
+    left_out = [same_files(query, paths) if args.exclude_self else set() for query in args.query]
+    found = top_k(q, gallery.to(device), args.k + max(map(len, left_out)))           # (Q, k + left out)
+    scores = (q[:, None, :] * gallery.to(device)[found]).sum(-1)                     # (Q, k + left out)
+    for query, rows, sims, out in zip(args.query, found.tolist(), scores.tolist(), left_out):
+        kept = [(j, sim) for j, sim in zip(rows, sims) if j not in out][:args.k]
+        print(f"query {query}" + (f" ({len(out)} gallery file(s) identical to it left out)" if out else ""))
+        for rank, (j, sim) in enumerate(kept, start=1):
             print(f"{rank:4d}  {sim:.4f}  {paths[j]}")
-        page = args.html if args.html and len(args.query) == 1 else os.path.join(
-            run_dir, "retrieval", f"{os.path.splitext(os.path.basename(query))[0]}.html")
+        rows, sims = [j for j, _ in kept], [sim for _, sim in kept]
+        page = args.html if args.html and len(args.query) == 1 else os.path.join(run_dir, "retrieval", page_name(query))
         os.makedirs(os.path.dirname(os.path.abspath(page)), exist_ok=True)
         with open(page, "w") as f:
             f.write(html_page(query, [(paths[j], s) for j, s in zip(rows, sims)], args.pipeline))
         print(f"wrote {page}")
+
+
+def page_name(query):
+    """``<folder>-<name>-<hash>.html``: readable, and unique per query path (every class of an archive may hold a
+    ``0087.tif``; two folders of one name elsewhere differ in the hash of the absolute path)."""
+    path = os.path.abspath(query)
+    folder = os.path.basename(os.path.dirname(path)) or "root"
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return f"{folder}-{stem}-{hashlib.sha256(path.encode()).hexdigest()[:8]}.html"
+
+
+def same_files(query, paths):
+    """Indices of the gallery ``paths`` that are ``query`` itself or a copy of its bytes (``--exclude-self``)."""
+    size, wanted = os.path.getsize(query), None
+    same = set()
+    for j, path in enumerate(paths):
+        if os.path.samefile(path, query):
+            same.add(j)
+        elif os.path.getsize(path) == size:
+            wanted = wanted or digest(query)
+            if digest(path) == wanted:
+                same.add(j)
+    return same
+
+
+def reason(error):
+    """The cause of a decoding error, without the training's advice (flags this script does not have)."""
+    return one_line(error).split(" (scripts/check_dataset.py", 1)[0]
+
+
+def decode_query(path, size, pipeline):
+    """A ``--query`` image, or one line naming the flag and the file."""
+    try:
+        return decode(path, size, pipeline)
+    except InputError as error:
+        raise InputError(f"--query {path}: {reason(error).replace(f'cannot read image {path}: ', '')}") from None
 
 
 def extensions(pipeline):
@@ -121,7 +168,7 @@ def gallery_embeddings(model, args, run_dir, size, device, precision):
                 images.append(decode(paths[i], size, args.pipeline))
                 ok.append(i)
             except InputError as error:
-                print(f"warning: skipped {one_line(error)}", file=sys.stderr)
+                print(f"warning: skipped {reason(error)}", file=sys.stderr)
         if ok:
             e = embed(model, torch.stack(images), torch.zeros(len(ok), dtype=torch.long), device, precision,
                       pipeline=args.pipeline)

@@ -20,6 +20,7 @@ from PIL import Image
 from datasets.synthetic import CLASSES, render
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_ERROR_CHARS = 300  # an error line of a tool, "error: ..." included: short enough to read at once (issue 23)
 # Subprocesses whose runs are compared bit for bit sum with a fixed number of threads, whatever the machine
 # or its load (OpenMP's default follows the cores, and a reduction's order follows the threads).
 FIXED_THREADS = dict(os.environ, OMP_NUM_THREADS="2")

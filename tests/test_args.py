@@ -18,7 +18,7 @@ from lib.cli.flags import COUNT, Range
 from lib.training.loop import NonFiniteError
 from lib.training.run import resume_line
 
-from conftest import REPO, run_script
+from conftest import MAX_ERROR_CHARS, REPO, run_script
 
 # Every option string of the authors' two parsers (train_SNCA_CE/main.py and train_SNCA_CE_MC/main.py of
 # github.com/jiankang1991/SNCA_CE), a value, and what it sets there: (destination, value).
@@ -61,7 +61,8 @@ RANGES = [
     *[(m, flag, bad, text) for m in ("mb", "mu") for flag, bad, text in [
         ("--image-size", "8", "an integer >= 32"), ("--split-seed", "-1", "an integer in [0, 4294967295]"),
         ("--num_workers", "-1", "an integer >= 0"), ("--dim", "0", "an integer >= 1"),
-        ("--epochs", "-1", "an integer >= 0"), ("--batch-size", "0", "an integer >= 1"), ("--lr", "-0.1", "> 0"),
+        ("--epochs", "-1", "an integer >= 1"), ("--epochs", "0", "an integer >= 1"),
+        ("--batch-size", "0", "an integer >= 1"), ("--lr", "-0.1", "> 0"),
         ("--lr", "0", "> 0"), ("--lr", "nan", "> 0"), ("--lr-step", "0", "an integer >= 1"),
         ("--lr-gamma", "0", "in (0, 1]"), ("--momentum", "1", "in (0, 1)"), ("--weight-decay", "-1", ">= 0"),
         ("--temperature", "0", "> 0"), ("--margin", "-0.1", ">= 0"), ("--lambda_", "-1", ">= 0"),
@@ -81,7 +82,7 @@ RANGES = [
                                                                     "an integer >= 1"),
     ("check_dataset", "--seen-fraction", "1", "in (0, 1)"), ("check_dataset", "--train-fraction", "0", "in (0, 1)"),
 ]
-BOUNDS = {"mb": ["--image-size", "32", "--epochs", "0", "--margin", "0", "--lambda_", "0", "--weight-decay", "0",
+BOUNDS = {"mb": ["--image-size", "32", "--epochs", "1", "--margin", "0", "--lambda_", "0", "--weight-decay", "0",
                  "--lr-gamma", "1", "--memory-momentum", "0", "--num_workers", "0", "--seed", str(2**32 - 1)],
           "mu": ["--ema-momentum", "0", "--knn-k", "1", "-b", "1", "--momentum", "0.999"]}
 
@@ -108,7 +109,7 @@ def test_every_numeric_flag_of_every_parser_has_a_range_and_a_test():
 @pytest.mark.parametrize("memory", sorted(BOUNDS))
 def test_the_bounds_themselves_parse(memory):
     args = get_args_parser(memory).parse_args(BOUNDS[memory])
-    assert args.epochs == 0 or args.knn_k == 1
+    assert args.epochs == 1 or args.knn_k == 1
 
 
 def test_ranges_name_their_kind():
@@ -224,7 +225,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         ("mb", ["--weight-decay", "-1"], ["--weight-decay", ">= 0, got -1"]),
         ("mb", ["--image-size", "8"], ["--image-size", ">= 32, got 8"]),
         ("mu", ["--knn-k", "0"], ["--knn-k", ">= 1, got 0"]),
-        ("mu", ["--epochs", "-1"], ["--epochs", ">= 0, got -1"]),
+        ("mu", ["--epochs", "0"], ["--epochs", ">= 1, got 0"]),
         ("mb", ["--momentum", "1"], ["--momentum", "in (0, 1), got 1"]),
         ("mb", ["--no-such-flag"], ["unrecognized arguments: --no-such-flag"]),
         ("mu", [*new, "--device", "gpu"], ["--device gpu: not a device name", "cuda:1"]),
@@ -261,6 +262,7 @@ def test_bad_input_is_one_line_naming_flag_or_path_and_the_fix_and_leaves_everyt
         done = run_script(path, *flags, cwd=tmp_path)
         assert done.returncode != 0 and done.stdout == "", (flags, done.stdout)
         assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: "), (flags, done.stderr)
+        assert len(done.stderr.strip()) <= MAX_ERROR_CHARS, (flags, done.stderr)  # one short line, fix included
         for needle in needles:
             assert needle in done.stderr, (flags, done.stderr)
     assert (tree(tmp_path), tree(out), tree(image_tree)) == before  # no new folder, no changed file

@@ -81,3 +81,33 @@ def test_decoding_batches_equal_tensor_batches(samples, workers):
     for a, b in zip(cached, decoding, strict=True):
         assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG (augmentation's) was not drawn on
+
+
+def test_training_batches_fold_a_last_batch_of_one_image_into_the_one_before():
+    """9 images in batches of 4: BatchNorm cannot train on one image (at --image-size 32), so training batches
+    (``fold_single``) end in one batch of 5; every image still comes once, a resume from step 1 gets the same
+    batch, and each rank's part of it (torchrun) is its ``tensor_split`` part, ``global_size`` the whole."""
+    images = torch.arange(9, dtype=torch.uint8).view(9, 1, 1, 1).expand(9, 3, 2, 2).contiguous()
+    labels = torch.arange(9) % 3
+
+    def make(rank=0, world_size=1, fold=True):
+        batches = TensorBatches(images, labels, 4, CPU, shuffle=True, generator=torch.Generator().manual_seed(2),
+                                rank=rank, world_size=world_size)
+        batches.fold_single = fold
+        return batches
+
+    assert [len(i) for _, _, i in make(fold=False)] == [4, 4, 1]  # evaluation batches keep the partial batch
+    batches = make()
+    whole = [i for _, _, i in batches]
+    assert len(batches) == 2 and [len(i) for i in whole] == [4, 5]
+    assert [batches.global_size(step) for step in range(len(batches))] == [4, 5]
+    assert sorted(torch.cat(whole).tolist()) == list(range(9))
+    resumed = [i for _, _, i in make().iterate(1)]  # a run stopped after step 1 resumes with the folded batch
+    assert len(resumed) == 1 and torch.equal(resumed[0], whole[1])
+    parts = [[i for _, _, i in make(rank, 2)] for rank in range(2)]
+    assert [[len(p) for p in rank] for rank in parts] == [[2, 3], [2, 2]]
+    assert all(torch.equal(torch.cat([a, b]), w) for a, b, w in zip(*parts, whole))
+    assert [make(rank, 2).global_size(step) for rank in range(2) for step in range(2)] == [4, 5, 4, 5]
+    one = TensorBatches(images[:1], labels[:1], 4, CPU, shuffle=True, generator=torch.Generator())
+    one.fold_single = True
+    assert len(one) == 1 and [len(i) for _, _, i in one] == [1]  # nothing to fold into (lib.training.data refuses it)

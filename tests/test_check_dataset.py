@@ -213,3 +213,24 @@ def test_preset_finds_the_archive_layout(tmp_path):
     assert dataset_root(str(tmp_path), "UCMerced_LandUse") == str(tmp_path / "UCMerced_LandUse" / "Images")
     (tmp_path / "AID" / "Beach").mkdir(parents=True)
     assert dataset_root(str(tmp_path), "AID") == str(tmp_path / "AID")
+
+
+def test_a_truncated_tiff_is_one_line_without_pillows_warnings(tmp_path):
+    """Pillow warns (``Corrupt EXIF data``) and tifffile logs on a truncated TIFF; the user gets the project's one
+    line for the file instead: check_dataset.py's report, and training's error. (Warnings are errors here: one
+    that escaped would fail the test.)"""
+    root = make_image_tree(str(tmp_path / "data" / "ds"), classes=2, per_class=10, ext="tif")
+    victim = Path(root) / sorted(os.listdir(root))[0] / sorted(os.listdir(Path(root) / sorted(os.listdir(root))[0]))[0]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 2])
+    done = run_script(CHECK, "--data", tmp_path / "data", "--dataset", "ds", "--imgEXT", "tif")
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "Warning" not in out and "EXIF" not in out and "invalid offset" not in out, out
+    assert [line for line in done.stdout.splitlines() if victim.name in line] == \
+        [line for line in done.stdout.splitlines() if line.startswith("unreadable: 1")]
+    train = run_script(os.path.join(REPO, "train_SNCA_CE", "main.py"), "--data", tmp_path / "data", "--dataset", "ds",
+                       "--imgEXT", "tif", "--check-images", "full", "--out", tmp_path / "runs", "--num_workers", "0")
+    lines = train.stderr.strip().splitlines()
+    assert train.returncode != 0 and len(lines) == 1 and "1 unreadable image(s)" in lines[0], train.stderr
+    assert victim.name in lines[0] and "Warning" not in train.stderr

@@ -63,7 +63,7 @@ def test_the_entry_points_keep_freed_memory_on_the_cpu_when_told_to(monkeypatch,
     monkeypatch.setattr(lib.training.program, "keep_freed_memory", lambda: calls.append(1) or True)
     for name, extra, expected in (("default", (), []), ("keep", ("--cpu-allocator", "keep"), [1])):
         calls.clear()
-        done = run("mb", *small_run("mb", image_tree, str(tmp_path), *extra, epochs=0, run_name=name), cwd=tmp_path)
+        done = run("mb", *small_run("mb", image_tree, str(tmp_path), *extra, epochs=1, run_name=name), cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert calls == expected, name
 

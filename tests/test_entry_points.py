@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, copy_run, run_script, untimed
+from conftest import MAX_ERROR_CHARS, REPO, copy_run, run_script, untimed
 
 SCRIPTS = {
     "mb": os.path.join(REPO, "train_SNCA_CE", "main.py"),
@@ -160,6 +160,7 @@ def one_line_error(done, *needles):
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()  # a progress bar may stand before it
     assert lines[-1].startswith("error: ") and sum("error" in line for line in lines) == 1, done.stderr
+    assert len(lines[-1]) <= MAX_ERROR_CHARS, lines[-1]  # one short line, the fix included
     for needle in needles:
         assert needle in lines[-1], lines[-1]
 
@@ -268,10 +269,21 @@ def test_odd_but_valid_settings_work_and_misuse_is_refused(tmp_path):
     assert "few-train: 1" in done.stderr and "zz_pair_class" in done.stderr
     one_line_error(run("mu", *flags, cwd=tmp_path), "already exists", "--resume")  # a finished run is kept
     assert [m["epoch"] for m in metrics(os.path.join(out, "odd"))] == [1]
-    evaluated = run("mb", *flags[:-1], "zero", "--epochs", "0", cwd=tmp_path)
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert "nothing to train after epoch 0: val kNN@10" in evaluated.stdout
-    assert "done: no epoch trained (--epochs 0)" in evaluated.stdout and "-100" not in evaluated.stdout
+    # --epochs 0 would leave a run folder without a checkpoint: refused in one line, nothing written
+    one_line_error(run("mb", *flags[:-1], "zero", "--epochs", "0", cwd=tmp_path), "--epochs", ">= 1, got 0")
+    assert not os.path.exists(os.path.join(out, "zero"))
     make_image_tree(str(tmp_path / "one" / "ds"), classes=1, per_class=7)
     one_line_error(run("mu", "--data", str(tmp_path / "one"), "--dataset", "ds", "--imgEXT", "png", "--pretrained",
                        "none", "--out", out, cwd=tmp_path), "1 class", "at least 2")
+
+
+@pytest.mark.slow
+def test_a_last_training_batch_of_one_image_trains_at_32_px(image_tree, tmp_path):
+    """32 training images in batches of 31 at --image-size 32: the last batch, of one image, would give BatchNorm
+    one value per channel in layer4 (1 x 1); it joins the batch before it, and the epoch trains in one step."""
+    done = run("mb", *small_run("mb", image_tree, str(tmp_path), "-b", "31", epochs=1, run_name="single"),
+               cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert [m["epoch"] for m in metrics(str(tmp_path / "single"))] == [1]
+    # stderr is no terminal here: no progress bar, the epoch's line alone
+    assert "it/s" not in done.stderr and "epoch 1/1:" not in done.stderr and "epoch 1/1  loss" in done.stdout

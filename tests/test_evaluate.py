@@ -1,6 +1,7 @@
 """scripts/evaluate.py and scripts/retrieve.py end to end on a two-epoch run of a tiny generated dataset;
 every number checked against scikit-learn or the reference transform applied by hand."""
 import csv
+import html
 import itertools
 import json
 import os
@@ -266,6 +267,7 @@ def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trai
     done = run_script(EVALUATE, trained, "--device", "cpu", "--num_workers", "0", "--tsne-points", "12", "--tta", "d4",
                       "--rotations", cwd=trained)
     assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("test with --tta d4") and "\ntest:" not in done.stdout  # named as what it is
     folder = os.path.join(trained, "eval", "test-tta-d4")
     saved = dict(np.load(os.path.join(folder, "embeddings.npz")))
     model = trained_network(trained)
@@ -286,3 +288,36 @@ def test_tta_d4_embeds_the_database_too_and_rotations_score_a_reference_run(trai
     worst = rotations["worst"]
     assert worst["map"] == min(rotations[t]["map"] for t in D4) == rotations[worst["map_transform"]]["map"]
     assert worst["knn_oa"] == min(rotations[t]["knn_oa"] for t in D4) == rotations[worst["knn_oa_transform"]]["knn_oa"]
+
+
+def test_retrieve_writes_one_page_per_query_path_and_leaves_the_query_out_when_told(trained, image_tree, tmp_path):
+    """Two queries of one file name in two folders get two pages, each named in the output; --exclude-self leaves
+    out the gallery file that is the query (same path) and any copy of it (same bytes)."""
+    gallery = shutil.copytree(os.path.join(image_tree, "tiny"), tmp_path / "gallery")
+    files = sorted(gallery.rglob("*.png"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(files[3], tmp_path / "a" / "0087.png")  # the same name, and the same bytes as a gallery file
+    shutil.copy(files[20], tmp_path / "b" / "0087.png")
+    queries = [tmp_path / "a" / "0087.png", tmp_path / "b" / "0087.png", files[9]]
+    flags = ["--checkpoint", trained, "--gallery", str(gallery), "--device", "cpu", "--k", "3"]
+    done = run_script(RETRIEVE, *flags, "--query", *queries)
+    assert done.returncode == 0, done.stderr
+    pages = [line.split("wrote ", 1)[1] for line in done.stdout.splitlines() if line.startswith("wrote ")]
+    assert len(pages) == len(set(pages)) == 3 and all(os.path.isfile(p) for p in pages)
+    for query, page in zip(queries, pages):
+        assert html.escape(str(query)) in Path(page).read_text()
+    firsts = [line.split()[2] for line in done.stdout.splitlines() if line.startswith("   1  ")]
+    assert firsts == [str(files[3]), str(files[20]), str(files[9])]  # each query finds itself, or its copy
+
+    done = run_script(RETRIEVE, *flags, "--query", *queries, "--exclude-self")
+    assert done.returncode == 0, done.stderr
+    ranked = [line.split()[2] for line in done.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert len(ranked) == 9 and not {str(files[3]), str(files[20]), str(files[9])} & set(ranked)
+
+
+def test_retrieve_names_a_missing_query_without_flags_it_does_not_have(trained, image_tree, tmp_path):
+    done = run_script(RETRIEVE, "--checkpoint", trained, "--gallery", os.path.join(image_tree, "tiny"), "--device",
+                      "cpu", "--query", tmp_path / "nowhere.png")
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done.stderr
+    assert "--query" in done.stderr and "nowhere.png" in done.stderr and "--skip-bad-images" not in done.stderr

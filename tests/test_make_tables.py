@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO, run_script
@@ -73,21 +74,40 @@ def tables(tmp_path_factory):
 
 
 def read_markdown(path):
-    """{table title: {method: {column: cell}}} of the Markdown tables in ``path``."""
-    found, title, header = {}, None, None
+    """{family title: {method: {"<dataset> <column>": cell}}} of the Markdown tables in ``path``: one table per
+    dataset (``### <dataset>``) under each family's ``## <title>``, whose headers do not repeat the dataset."""
+    found, title, dataset, header = {}, None, None, None
     with open(path) as f:
         text = f.read()
     for line in text.splitlines():
         if line.startswith("## "):
-            title, header = line[3:], None
+            title, dataset, header = line[3:], None, None
             found[title] = {}
+        elif line.startswith("### "):
+            dataset, header = line[4:], None
         elif line.startswith("|") and not line.startswith("|---"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if header is None:
                 header = cells
+                assert not any(dataset in column for column in header), header
             else:
-                found[title][cells[0]] = dict(zip(header, cells))
+                columns = [f"{dataset} {column}" for column in header[1:]]
+                found[title].setdefault(cells[0], {"Method": cells[0]}).update(zip(columns, cells[1:]))
     return found
+
+
+def test_each_table_is_one_dataset_and_protocol_without_empty_columns(tables):
+    out, _, _ = tables
+    text = (out / "tables.md").read_text()
+    tables_of = [block for block in text.split("### ")[1:]]
+    assert len(tables_of) >= 2 * len(read_markdown(out / "tables.md")) - 2  # AID and NWPU-RESISC45 in most families
+    for block in tables_of:
+        rows = [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()
+                if line.startswith("|") and not line.startswith("|---")]
+        header, body = rows[0], rows[1:]
+        assert header[:3] == ["Method", "n", "seeds"] and len(header) <= 12 and body, block
+        for column in range(3, len(header)):
+            assert any(row[column] != "–" for row in body), (header[column], block)
 
 
 def test_csv_holds_mean_sample_std_and_count_per_group_as_numpy(tables):
@@ -202,6 +222,10 @@ def test_crashed_unfinished_and_unevaluated_runs_are_skipped_and_a_resumed_run_c
     reasons = {os.path.basename(k): line for k, line in skipped.items()}
     assert "0 of 5 epochs" in reasons["crashed"] and "2 of 5 epochs" in reasons["unfinished"]
     assert "results.json" in reasons["unevaluated"]
+    relative = run_script(MAKE_TABLES, "runs", "--out", "tables", cwd=tmp_path)  # paths shown as given
+    assert relative.returncode == 0, relative.stderr
+    assert {line.split()[1] for line in relative.stdout.splitlines() if line.startswith("skipped ")} == \
+        {os.path.join("runs", name) + ":" for name in ("crashed", "unfinished", "unevaluated")}
 
 
 @pytest.mark.parametrize("name", ["learning_curves.png", "pr_curves.png"])
@@ -221,7 +245,10 @@ RUNS = {("train_SNCA_CE", m) for m in ("snca-ce", "snca", "d-cnn", "triplet")} |
 
 
 def dry_run(script, tmp_path):
-    env = dict(os.environ, DRY_RUN="1", DATA="/nonexistent", SEEDS="2", EPOCHS="1", OUT=str(tmp_path / "out"))
+    for dataset in DATASETS:  # all that a dry run's checks look at
+        os.makedirs(tmp_path / "datasets" / dataset, exist_ok=True)
+    env = dict(os.environ, DRY_RUN="1", DATA=str(tmp_path / "datasets"), SEEDS="2", EPOCHS="1",
+               OUT=str(tmp_path / "out"))
     return subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=env, capture_output=True, text=True,
                           cwd=tmp_path, timeout=60)
 
@@ -243,7 +270,8 @@ def test_paper_script_dry_run_prints_one_train_and_eval_per_method_dataset_seed(
         flags = dict(zip(command[2::2], command[3::2]))
         entry, memory = command[1].split("/")[0], "mu" if command[1].startswith("train_SNCA_CE_MC") else "mb"
         name = f"{flags['--dataset']}-{flags['--method']}-{memory}-seed{flags['--seed']}"
-        assert flags["--data"] == "/nonexistent" and flags["--epochs"] == "1" and flags["--run-name"] == name
+        assert flags["--data"] == str(tmp_path / "datasets") and flags["--epochs"] == "1"
+        assert flags["--run-name"] == name
         assert flags["--out"] == str(tmp_path / "out") and evaluated[2] == str(tmp_path / "out" / name)
         seen.add((entry, flags["--method"], flags["--dataset"], flags["--seed"]))
     assert seen == {(*run, dataset, seed) for run in RUNS for dataset in SCRIPTS[script] for seed in ("0", "1")}
@@ -255,8 +283,14 @@ def test_paper_scripts_skip_evaluated_runs_and_resume_unfinished_ones(tmp_path):
     os.makedirs(done_run / "eval" / "test")
     (done_run / "eval" / "test" / "results.json").write_text("{}")
     os.makedirs(tmp_path / "out" / "NWPU-RESISC45-triplet-mb-seed1" / "checkpoints")
-    (tmp_path / "out" / "NWPU-RESISC45-triplet-mb-seed1" / "checkpoints" / "last.pt").write_bytes(b"")
+    # the record a resume reads first (lib/training/resume.py): the check of the resuming command loads it
+    torch.save({"args": {"memory": "mb", "method": "triplet", "dataset": "NWPU-RESISC45", "seed": 1, "amp": "none"}},
+               tmp_path / "out" / "NWPU-RESISC45-triplet-mb-seed1" / "checkpoints" / "last.pt")
     os.makedirs(tmp_path / "out" / "NWPU-RESISC45-d-cnn-mb-seed1")  # no checkpoint yet: not resumable
+    done = dry_run("paper_fig4_learning_curves.sh", tmp_path)  # its training would stop: the check says so first
+    assert done.returncode == 1 and "NWPU-RESISC45-d-cnn-mb-seed1 already exists" in done.stderr
+    assert "+ " not in done.stdout
+    os.rmdir(tmp_path / "out" / "NWPU-RESISC45-d-cnn-mb-seed1")
     done = dry_run("paper_fig4_learning_curves.sh", tmp_path)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("+ python3 train_SNCA_CE")]
@@ -272,3 +306,13 @@ def test_paper_script_without_data_fails_naming_it(script, tmp_path):
     done = subprocess.run(["bash", os.path.join(REPO, "scripts", script)], env=dict(env, DRY_RUN="1"),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "DATA" in done.stderr and "+ " not in done.stdout
+
+
+def test_the_learning_curves_have_whole_epoch_ticks(tmp_path):
+    from scripts.make_tables import Rows, plot_learning_curves
+
+    row = ("snca-ce", "mb", ())
+    runs = [{"row": row, "dataset": "AID", "curve": {1: 0.5, 2: 0.625}}]
+    fig = plot_learning_curves(runs, Rows(runs), tmp_path / "curves.png")
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks

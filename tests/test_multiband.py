@@ -21,7 +21,7 @@ from errors import InputError
 from models import EmbeddingNet
 from models.embedding_net import adapt_first_conv
 
-from conftest import REPO, run_script
+from conftest import MAX_ERROR_CHARS, REPO, run_script
 
 EVALUATE = os.path.join(REPO, "scripts", "evaluate.py")
 RETRIEVE = os.path.join(REPO, "scripts", "retrieve.py")
@@ -212,13 +212,30 @@ def test_a_file_with_another_band_count_or_dtype_is_refused_by_name(band_data, t
     assert script.returncode == 1
     assert "five.tif (5 x uint16" in script.stdout and "float.tif (4 x float32" in script.stdout
     done = run("mb", *small(str(data), "odd", str(tmp_path / "runs"), "r", 1), cwd=tmp_path)
-    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "five.tif (bands: 5 x uint16" in done.stderr and "float.tif (bands: 4 x float32" in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and line.startswith("error: ") and len(line) <= MAX_ERROR_CHARS, line
+    # its own message, not among "unreadable image(s)": the band count of most files, each odd file's own
+    assert "2 file(s)" in line and "differ from most files' 4 x uint16 bands" in line and "unreadable" not in line
+    assert "five.tif (5 x uint16" in line and "float.tif (4 x float32" in line and "--skip-bad-images" in line
     assert not os.path.exists(tmp_path / "runs" / "r")
     with pytest.raises(InputError, match="five.tif has 5 band"):  # without the start-up check, when decoded
         decode_bands(str(odd_count), 32, band_input("all", None, 4, "uint16"))
     with pytest.raises(BandError, match="--bands 1,6: the files have 4 bands"):
         band_input("1,6", None, 4, "uint16")
+
+
+def test_multi_band_files_without_bands_are_one_short_line_that_suggests_bands(band_data, tmp_path):
+    """30 13-band TIFFs read as RGB (no --bands): training refuses them in one line that says --bands reads them,
+    names three and counts the rest; check_dataset.py reports them as multi-band, with the same fix."""
+    flags = [a for a in small(band_data, "ms13", str(tmp_path / "runs"), "r", 1) if a not in ("--bands", "all")]
+    done = run("mb", *flags, "--imgEXT", "tif", cwd=tmp_path)
+    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and line.startswith("error: 30 file(s)") and len(line) <= MAX_ERROR_CHARS, line
+    assert "13-band uint16 TIFFs, which only --bands reads" in line and "--bands all" in line
+    assert line.count(".tif") == 3 and "and 27 more" in line
+    assert not os.path.exists(tmp_path / "runs")
+    script = run_script(CHECK, "--data", band_data, "--dataset", "ms13", "--imgEXT", "tif")
+    assert script.returncode == 1 and "multiband: 30 - multi-band TIFF that only --bands reads" in script.stdout
 
 
 @pytest.mark.slow

@@ -19,6 +19,8 @@ from lib.cli.args import parse_args  # noqa: E402
 
 if __name__ == "__main__":
     args = parse_args("mb")  # --help and bad flags answer here, before torch is imported
+    if args.check_args:  # checked (lib.cli.args.parse_args), nothing written: the paper scripts' check of a command
+        sys.exit(0)
     from lib.training.program import main
 
     main(args)

@@ -9,6 +9,8 @@ Everything is checked here, before a folder or a file is written: each number ag
 define the experiment against its checkpoint. This module imports no torch, so ``--help`` answers at once.
 """
 
+import os
+
 from datasets.presets import PRESETS
 from errors import InputError
 from lib.cli.flags import (
@@ -18,6 +20,7 @@ from lib.cli.flags import (
     NON_NEGATIVE,
     NON_NEGATIVE_INT,
     POSITIVE,
+    REFERENCE_DATASET,
     SEED,
     ArgumentParser,
     Range,
@@ -104,8 +107,9 @@ def get_args_parser(memory="mb"):
                        help="local torchvision state dict for the trunk (overrides --pretrained)")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=NON_NEGATIVE_INT, default=130,
-                       help="epochs to train in all (a resume with a larger value extends the run); paper: 130")
+    optim.add_argument("--epochs", type=COUNT, default=130,
+                       help="epochs to train in all, at least 1 (a resume with a larger value extends the run); "
+                       "paper: 130")
     optim.add_argument("-b", "--batch-size", type=COUNT, default=256,
                        help="global batch size: under torchrun the ranks split each batch; paper: 256 (one GPU)")
     optim.add_argument("--lr", "--learning-rate", type=POSITIVE, default=0.1, help="SGD learning rate; paper: 0.1")
@@ -169,6 +173,9 @@ def get_args_parser(memory="mb"):
     run.add_argument("--resume", default="", metavar="PATH",
                      help="continue a run in its folder: a checkpoint file, a run folder (its last.pt), or 'auto' "
                      "(the newest last.pt under --out, or of --run-name)")
+    run.add_argument("--check-args", action="store_true",
+                     help="parse and check the flags, the paths and that the dataset folder exists (and a resume's "
+                     "checkpoint), then exit 0 without writing anything; the paper scripts check every command so")
     return parser
 
 
@@ -184,9 +191,18 @@ def parse_args(memory, argv=None):
             resume_experiment(args, memory, given, flag_names(parser))
         check_companions(args, given)
         check_paths(args)
+        if args.check_args:
+            check_dataset_folder(args)
     except InputError as error:
         parser.error(str(error))
     return args
+
+
+def check_dataset_folder(args):
+    """``--check-args``: the dataset folder that training would read is there (the synthetic one is generated)."""
+    dataset = args.dataset or ("synthetic" if args.data is None else REFERENCE_DATASET)
+    if args.data is not None and dataset != "synthetic" and not os.path.isdir(os.path.join(args.data, dataset)):
+        raise InputError(f"--data {args.data} holds no {dataset}/ folder: check --data and --dataset")
 
 
 def divergence_hint(args):

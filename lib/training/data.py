@@ -9,7 +9,7 @@ import torch
 from datasets import DecodingBatches, TensorBatches, decoded_images, make_synthetic
 from datasets.augment import BandPipeline
 from datasets.bands import BandError, run_band_input, training_statistics
-from datasets.check import check_dataset, summary
+from datasets.check import BAD, check_dataset, summary
 from datasets.folder import build_split
 from datasets.presets import PRESETS, dataset_root, preset_mismatch
 from errors import InputError
@@ -46,14 +46,40 @@ def file_check(root, args):
     if args.check_images != "none":
         report = check_dataset(root, args.imgEXT, args.split_seed, args.check_images == "full", args.num_workers,
                                args.skip_bad_images, args.bands, args.split, (args.seen_fraction, args.train_fraction))
+        stopping = report["bad"] and not args.skip_bad_images  # the error below names those files, once
         for line in summary(report, root, skipping=args.skip_bad_images):
-            print(f"warning: {line}", file=sys.stderr)
+            if not (stopping and line.split(":", 1)[0] in BAD):
+                print(f"warning: {line}", file=sys.stderr)
     if report["bad"] and not args.skip_bad_images:
-        named = "; ".join(f"{os.path.relpath(p, root)} ({kind}{': ' + detail if detail else ''})"
-                          for kind, p, detail in report["problems"] if p in report["bad"])
-        raise InputError(f"{len(report['bad'])} unreadable image(s) in {root}: {named}. Leave them out with "
-                         "--skip-bad-images, or see everything with scripts/check_dataset.py")
+        raise InputError(bad_files_message(report, root))
     return report
+
+
+def short(text, limit=48):
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
+def bad_files_message(report, root, shown=3):
+    """One line for the files that stop training, naming the fix: multi-band TIFFs need --bands, files of another
+    band count are their own case, the rest are unreadable; at most ``shown`` files named, and the count."""
+    bad = [(kind, p, detail) for kind, p, detail in report["problems"] if p in report["bad"]]
+    multi = [b for b in bad if b[0] == "multiband"]
+    odd = [b for b in bad if b[0] == "bands"]
+
+    def few(items, kinds=True, details=True):
+        named = ", ".join(os.path.relpath(p, root) + (f" ({kind + ': ' if kinds else ''}{short(detail)})"
+                                                      if details and detail else f" ({kind})" if kinds else "")
+                          for kind, p, detail in items[:shown])  # kinds alone: "a.png (empty-file)"
+        return named + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+    if multi:
+        return (f"{len(multi)} file(s) in {root} are {multi[0][2]} TIFFs, which only --bands reads: give --bands all "
+                f"or the bands to keep (--bands 4,3,2): {few(multi, kinds=False, details=False)}")
+    if odd:
+        return (f"{len(odd)} file(s) in {root} differ from most files' {report['bands']} bands: {few(odd, False)}. "
+                "Leave them out with --skip-bad-images")
+    return (f"{len(bad)} unreadable image(s) in {root}: {few(bad, details=False)}. Leave them out with "
+            "--skip-bad-images (scripts/check_dataset.py says why)")
 
 
 def checked_splits(root, args, dist):
@@ -88,6 +114,9 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
     if not splits["val"]:
         raise InputError("the validation split is empty: with the reference ratios, classes of 1 to 3 or of 6 "
                          "images give no validation image")
+    if len(splits["train"]) < 2:
+        raise InputError(f"the training split has {len(splits['train'])} image(s): BatchNorm trains on at least 2; "
+                         "give each class more images")
     device, generator = dist.device, torch.Generator()
     shard = {"rank": dist.rank, "world_size": dist.world_size}
     try:
@@ -114,6 +143,7 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
     eval_batch_size = args.eval_batch_size or args.batch_size
     made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", eval_batch_size),
             batches("train", eval_batch_size))
+    made[0].fold_single = True  # no training step on a single image (BatchNorm): docs/differences-notes-23.md
     if bands is not None:  # per-band statistics of the training split, once
         bands = training_statistics(bands, splits["train"], args.image_size, args.num_workers, images["train"],
                                     band_stats)

@@ -4,6 +4,8 @@ One loop serves every method of ``lib.losses.METHODS`` and every memory of ``lib
 is behind the run's ``lib.losses.Loss`` and the memory's interface (``lib.memories.base``). Batches arrive as uint8
 images on the device; augmentation and normalisation run there on the whole batch.
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -45,7 +47,7 @@ def train_one_epoch(model, memory, batches, optimizer, loss_fn, precision, draws
     if not dist.is_main:  # a resumed epoch's sums so far are all ranks' together, carried by rank 0 alone
         totals, seen = 0.0, 0
     progress = tqdm(batches.with_companions(first, draws), desc=desc, total=len(batches), initial=first, leave=False,
-                    dynamic_ncols=True, disable=not dist.is_main)
+                    dynamic_ncols=True, disable=not dist.is_main or not sys.stderr.isatty())  # a log gets epoch lines
     for step, (images, labels, indices) in enumerate(progress, start=first):
         part = BatchPart(len(labels), batches.global_size(step), dist)                # this rank's part of B
         images = part.augment(images, copies, batches.pipeline).contiguous(

@@ -56,6 +56,11 @@ def main(args):
     except (InputError, NonFiniteError) as error:  # under torchrun every rank stops alike: rank 0 says why
         hint = divergence_hint(args) if isinstance(error, NonFiniteError) else ""
         sys.exit(f"error: {one_line(error)}{hint}" if os.environ.get("RANK", "0") == "0" else 1)
+    except ValueError as error:  # a torchrun rank's part of one image (one process folds it: datasets/batches.py)
+        if "more than 1 value per channel" not in str(error):
+            raise
+        sys.exit("error: a rank's part of a batch held one image, which BatchNorm cannot train on at this "
+                 "--image-size: add --sync-bn, or choose another -b or number of ranks")
 
 
 def check_world(args, dist):
