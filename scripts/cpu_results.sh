@@ -11,8 +11,9 @@
 #   would come at epoch 30), seed 0, float32 on the CPU; every other flag is the entry points' default (--help).
 # Timed on 2 idle cores of an AMD EPYC, an SNCA-CE (MB) epoch takes about 12 s; from that, the four runs should take
 # about a quarter of an hour (an estimate: MU also runs its key encoder, Triplet puts three images per anchor through
-# the network). On cores busy with other work, OMP_NUM_THREADS=1 is much faster than PyTorch's two threads (measured
-# there: 1.2 s against 4 s per step). benchmarks/RESULTS.md records what it gave, the command and each run's time.
+# the network). On cores busy with other work, OMP_NUM_THREADS=1 is much faster than PyTorch's two threads: with it,
+# the four runs took 51 minutes on that machine at a load average of 6-9. benchmarks/RESULTS.md (2026-12-04) records
+# what they gave, the command, each run's wall time and these timings.
 #
 # Settings (environment variables):
 #   DATA      folder holding the dataset folder (required)
