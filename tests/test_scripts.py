@@ -1,5 +1,6 @@
 """The paper scripts, in dry-run mode: one naming scheme, one set of settings, EXTRA_ARGS on every training and
-evaluation command, float32 unless asked, the plan (run count, GPU hours) printed first, and commands that parse."""
+evaluation command, float32 unless asked, the plan (run count, GPU hours) printed first, and commands that parse;
+scripts/cpu_results.sh, the CPU results of benchmarks/RESULTS.md, likewise."""
 import glob
 import os
 import re
@@ -15,7 +16,7 @@ from scripts.evaluate import get_args_parser as evaluate_parser
 from conftest import REPO
 
 SCRIPTS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "scripts", "*.sh"))
-                 if not p.endswith("paper_common.sh"))
+                 if not p.endswith(("paper_common.sh", "cpu_results.sh")))
 METHODS = ("snca-ce", "snca", "d-cnn", "triplet")
 PLAN = re.compile(r"^plan: (\d+) runs \((\d+) already evaluated, (\d+) to train and evaluate\), about ([\d.]+) GPU "
                   r"hours on one H200 in (float32|bf16 autocast|fp16 autocast), (\d+) epochs")
@@ -212,3 +213,25 @@ def test_check_commands_runs_each_tool_in_its_check_mode_and_writes_nothing(tmp_
         assert done.returncode == 1 and "checked 2 command(s): 1 fail" in done.stderr
         assert "scripts/evaluate.py: unrecognized arguments: --image-size 32 (1 command(s)" in done.stderr
     assert sorted(os.listdir(tmp_path)) == ["d é"]  # no run folder
+
+
+def test_cpu_results_trains_and_evaluates_the_four_methods_at_its_stated_settings(tmp_path):
+    out = tmp_path / "cpu"
+    lines = dry_run("cpu_results.sh", out)
+    cmds = commands(lines)
+    trains = [c for c in cmds if c[1].endswith("/main.py")]
+    evals = [c for c in cmds if c[1] == "scripts/evaluate.py"]
+    assert len(trains) == len(evals) == 4 and cmds[-1] == ["python3", "scripts/make_tables.py", str(out)]
+    runs = set()
+    for train, evaluate in zip(trains, evals):
+        memory = {"train_SNCA_CE/main.py": "mb", "train_SNCA_CE_MC/main.py": "mu"}[train[1]]
+        args = get_args_parser(memory).parse_args(train[2:])
+        # The settings its header states: from scratch, 64 px, batch 64, lr 0.01, 8 epochs, seed 0, on the CPU.
+        assert (args.pretrained, args.image_size, args.batch_size, args.lr, args.epochs, args.seed, args.device) == (
+            "none", 64, 64, 0.01, 8, 0, "cpu")
+        assert args.data == "/datasets" and args.dataset == "RSSCN7" and args.out == str(out)
+        assert args.run_name == f"RSSCN7-{args.method}-{memory}-seed0"
+        assert evaluate_parser().parse_args(evaluate[2:]).target == os.path.join(str(out), args.run_name)
+        runs.add((memory, args.method))
+    assert runs == {("mb", "snca-ce"), ("mu", "snca-ce"), ("mb", "d-cnn"), ("mb", "triplet")}
+    assert not out.exists()
