@@ -1,13 +1,18 @@
 """Distance-weighted kNN classification on the device, in chunks (docs/method.md section 8)."""
+import contextlib
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 CHUNK_ELEMENTS = 2**26  # distances held at once: 256 MB in float32
 POOL_SLACK = 16  # candidates kept beyond k from the fast ranking, re-ranked by exact distances
 REDUCED_PRECISION_UNIT = {"high": 2.0**-11, "medium": 2.0**-8}  # TF32 / bfloat16 matmul unit roundoff
 NUMPY_DTYPES = (torch.float32, torch.float64)  # CPU tensors whose product goes through numpy's BLAS
+CPU_CHUNKS_PER_THREAD = 4  # on the CPU, query chunks per thread: each thread ranks its own chunks alone
 
 
 def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUNK_ELEMENTS, exclude_self=False):
@@ -30,6 +35,11 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
     reference outside the pool is at least the pool's last proposed value minus the bound away, and a
     query whose k-th exact distance is not below that is ranked against all references exactly instead
     (rare: many duplicates). The Q x N matrix is never held whole: queries are taken in chunks.
+
+    On the CPU, each of torch's threads takes whole chunks, with one thread for each operation inside
+    them (torch's and numpy's BLAS are set to one thread meanwhile, then restored), as scikit-learn
+    parallelises its brute force: fewer synchronisations than every operation split over the threads,
+    which costs most on a loaded machine. Up to that many chunks are then held at once.
     """
     references = references.to(queries.dtype)
     reference_labels = reference_labels.to(queries.device)
@@ -40,10 +50,17 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
     ref_sq = (references * references).sum(dim=1)                                   # (N,)
     scores = _scorer(references, ref_sq)
     error = _product_error(queries, references.shape[1], ref_sq)                   # (Q,)
-    step = max(1, chunk_elements // max(len(references), pool * references.shape[1]))
-    buffer = queries.new_empty(min(step, len(queries)), len(references))           # (step, N), reused
-    predictions = []
-    for start, query, query_error in zip(range(0, len(queries), step), queries.split(step), error.split(step)):
+    threads = torch.get_num_threads() if queries.device.type == "cpu" else 1
+    step = max(1, chunk_elements // max(len(references), pool * references.shape[1]) // threads)
+    if threads > 1:  # at least CPU_CHUNKS_PER_THREAD chunks for each thread, where there are queries enough
+        step = min(step, max(1, math.ceil(len(queries) / (threads * CPU_CHUNKS_PER_THREAD))))
+    buffers = {}  # each thread's (step, N) distances, reused over its chunks
+
+    def predict(start):
+        query, query_error = queries[start:start + step], error[start:start + step]  # (q, D), (q,)
+        if threading.get_ident() not in buffers:
+            buffers[threading.get_ident()] = queries.new_empty(min(step, len(queries)), len(references))
+        buffer = buffers[threading.get_ident()]
         partial = scores(query, buffer[:len(query)])                                # (q, N) ~ |q - r|^2 - |q|^2
         rows = torch.arange(len(query), device=query.device)                         # (q,)
         if exclude_self:  # a query's own row sorts last and stays out of its pool (pool <= N - 1)
@@ -58,8 +75,25 @@ def knn_predict(queries, references, reference_labels, k=10, chunk_elements=CHUN
                                                             proposed[unsure, -1], query_error[unsure], k,
                                                             start + unsure if exclude_self else None,
                                                             pool < others)
-        predictions.append(_vote(d2.sqrt(), reference_labels[nearest], num_classes))
-    return torch.cat(predictions)                                                  # (Q,)
+        return _vote(d2.sqrt(), reference_labels[nearest], num_classes)            # (q,)
+
+    starts = range(0, len(queries), step)
+    if threads == 1 or len(starts) == 1:
+        return torch.cat([predict(start) for start in starts])                     # (Q,)
+    with _one_thread_each(), ThreadPoolExecutor(threads) as executor:
+        return torch.cat(list(executor.map(predict, starts)))                      # (Q,)
+
+
+@contextlib.contextmanager
+def _one_thread_each():
+    """torch's operations and numpy's BLAS on one thread each, for threads that each take their own work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _pool_nearest(query, references, candidates, last_proposed, query_error, k, own_rows, outside):

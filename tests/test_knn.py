@@ -135,3 +135,18 @@ def test_torch_product_gives_the_same_predictions(k, monkeypatch):
     monkeypatch.setattr(knn, "NUMPY_DTYPES", ())
     np.testing.assert_array_equal(knn_predict(*args, k=k).numpy(), sklearn_predict(queries.astype(np.float32),
                                                                                    refs.astype(np.float32), labels, k))
+
+
+def test_threads_take_whole_chunks_with_the_same_predictions_and_get_their_setting_back():
+    queries, refs, labels = clustered(10)
+    args = torch.tensor(queries), torch.tensor(refs), torch.tensor(labels)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = knn_predict(*args, k=10)  # one thread: chunks in turn
+        torch.set_num_threads(3)
+        threaded = knn_predict(*args, k=10, chunk_elements=len(refs) * 7 * 3)  # 3 threads, 7 queries a chunk
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(threaded, alone)
