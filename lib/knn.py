@@ -116,7 +116,7 @@ def _scorer(references, ref_sq):
     """A function (query (q, D), out (q, N)) -> out = fl(|r|^2 - 2 q.r) for every reference r.
 
     On the CPU, one float32 or float64 product [q, 1] . [-2 r, |r|^2] through numpy's BLAS (OpenBLAS), which
-    picks its kernels for the processor it runs on: 1.6x the speed of torch's (MKL) on an AMD EPYC with
+    picks its kernels for the processor it runs on: 1.25x the speed of torch's (MKL) on an AMD EPYC with
     AVX-512 (benchmarks/RESULTS.md). Elsewhere torch's addmm.
     """
     references, ref_sq = references.detach(), ref_sq.detach()
