@@ -35,6 +35,7 @@ from datasets.augment import BandPipeline, apply_params, draw_params, to_float, 
 from datasets.bands import band_input, band_statistics  # noqa: E402
 from lib import chunked_snca_loss, knn_predict  # noqa: E402
 from lib.cli.args import get_args_parser  # noqa: E402
+from lib.eval import knn  # noqa: E402
 from lib.losses import METHODS  # noqa: E402
 from lib.memories import MEMORIES  # noqa: E402
 from lib.memories.bank import MemoryBank  # noqa: E402
@@ -180,19 +181,44 @@ def bench_allocator(rounds=3):
 
 
 # ---------------- kNN at NWPU size ----------------
-def bench_knn(device, num_queries=NWPU_VAL, num_references=NWPU_TRAIN, classes=NWPU_CLASSES):
+def bench_knn(device, num_queries=NWPU_VAL, num_references=NWPU_TRAIN, classes=NWPU_CLASSES, rounds=7):
+    """``knn_predict`` against scikit-learn's ``KNeighborsClassifier(10, weights="distance")``, fit + predict as a
+    user calls it (its "auto" picks brute force above 15 dimensions), on unit-norm float32 embeddings of D = 128
+    with class structure (each a class centre plus noise). The two take turns, median of ``rounds``."""
     g = torch.Generator().manual_seed(0)
-    refs = torch.nn.functional.normalize(torch.randn(num_references, 128, generator=g), dim=1)
-    queries = torch.nn.functional.normalize(torch.randn(num_queries, 128, generator=g), dim=1)
-    labels = torch.arange(num_references) % classes
-    ours_s, ours = timed(lambda: knn_predict(queries.to(device), refs.to(device), labels.to(device)), device, 3)
+    centres = torch.nn.functional.normalize(torch.randn(classes, 128, generator=g), dim=1)         # (C, 128)
+    labels = torch.randint(0, classes, (num_references,), generator=g)                            # (N,)
+    query_labels = torch.randint(0, classes, (num_queries,), generator=g)                         # (Q,)
+    refs, queries = (torch.nn.functional.normalize(centres[y] + 0.08 * torch.randn(len(y), 128, generator=g), dim=1)
+                     for y in (labels, query_labels))                                               # (N, 128), (Q, 128)
     name = f"kNN K=10, {num_queries:,} x {num_references:,}"
     if device.type == "cuda":
+        ours_s, ours = timed(lambda: knn_predict(queries.to(device), refs.to(device), labels.to(device)), device, 3)
         row(f"{name} on the GPU (ms)", 1000 * ours_s, unit="ms", better="lower")
         return
-    ref_s, ref = timed(lambda: reference.sklearn_knn(queries, refs, labels), repeats=3)
-    same = float((ours.cpu().numpy() == ref).mean())
-    row(f"{name} (s)", ours_s, ref_s, "s", "lower", note=f"identical predictions: {same:.4f}")
+    times, load = {"ours": [], "ours, torch's product": [], "scikit-learn": []}, os.getloadavg()[0]
+    for _ in range(rounds):
+        times["ours"].append(timed(lambda: knn_predict(queries, refs, labels))[0])
+        times["ours, torch's product"].append(timed(lambda: torch_product_knn(queries, refs, labels))[0])
+        times["scikit-learn"].append(timed(lambda: reference.sklearn_knn(queries, refs, labels))[0])
+    ours, ref = knn_predict(queries, refs, labels), reference.sklearn_knn(queries, refs, labels)
+    same = float((ours.numpy() == ref).mean())
+    method = reference.KNeighborsClassifier(10, weights="distance").fit(refs.numpy(), labels.numpy())._fit_method
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    row(f"{name}, D = 128, unit norm, {classes} classes (s)", median["ours"], median["scikit-learn"], "s", "lower",
+        note=f"scikit-learn {method} fit + predict; median of {rounds}, taking turns; identical predictions: "
+        f"{same:.4f}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after")
+    row(f"{name}, the product through torch (MKL), not numpy's BLAS (s)", median["ours, torch's product"],
+        median["scikit-learn"], "s", "lower", note="lib.eval.knn.NUMPY_DTYPES emptied")
+
+
+def torch_product_knn(queries, refs, labels):
+    """``knn_predict`` with its CPU product through torch's addmm (MKL) instead of numpy's BLAS."""
+    dtypes, knn.NUMPY_DTYPES = knn.NUMPY_DTYPES, ()
+    try:
+        return knn_predict(queries, refs, labels)
+    finally:
+        knn.NUMPY_DTYPES = dtypes
 
 
 # ---------------- SNCA loss at large N: one subprocess per variant, for its peak memory ----------------
@@ -522,8 +548,9 @@ def bench_reference_loader(samples, size, workers, passes=3):
         note=f"{len(samples)} images x {passes} passes, workers started")
 
 
+# environment settings that change which kernels run: named in the results
 KERNEL_SETTINGS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR",
-                   "OMP_NUM_THREADS")  # environment settings that change which kernels run: named in the results
+                   "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS")
 
 
 def cpuinfo(field):
@@ -535,8 +562,18 @@ def cpuinfo(field):
         return ""
 
 
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "avx_vnni", "avx512", "amx")  # flag prefixes worth naming
+
+
+def vector_extensions():
+    """The processor's SIMD and matrix extensions from /proc/cpuinfo's flags ("avx2 fma avx512f ..."), or "not
+    listed" where /proc/cpuinfo has none (not Linux, or an ARM kernel's "Features")."""
+    flags = [flag for flag in cpuinfo("flags").split() if flag.startswith(VECTOR_EXTENSIONS)]
+    return " ".join(flags) or "not listed"
+
+
 def machine(device):
-    cpu = cpuinfo("model name") or platform.processor()
+    cpu = f"{cpuinfo('model name') or platform.processor()} ({vector_extensions()})"
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     forced = [f"{name}={os.environ[name]}" for name in KERNEL_SETTINGS if name in os.environ]
     kernels = f"PyTorch CPU kernels {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(forced)})" if forced

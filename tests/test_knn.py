@@ -5,6 +5,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from lib import knn_predict
+from lib.eval import knn
 from lib.eval.knn import POOL_SLACK
 
 
@@ -106,3 +107,47 @@ def test_more_duplicates_than_candidates_are_ranked_exactly(k):
     labels = np.concatenate([labels, np.arange(len(copies)) % 6, labels[:50]])
     got = knn_predict(*(torch.tensor(x, dtype=torch.float32) for x in (queries, refs)), torch.tensor(labels), k=k)
     np.testing.assert_array_equal(got.numpy(), sklearn_predict(queries, refs, labels, k))
+
+
+@pytest.mark.parametrize("numpy_product", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_product_stays_within_its_rounding_bound(dtype, numpy_product, monkeypatch):
+    # The bound that decides which queries are re-ranked exactly: |fl(|r|^2 - 2 q.r) + |q|^2 - exact| <= error
+    # for every pair, where exact is the float64 sum of (q - r)^2 (float32 inputs; float64 inputs: to the
+    # float64 roundings, which the bound also covers). Norms of 1 to 20, so that the terms do not all cancel.
+    if not numpy_product:
+        monkeypatch.setattr(knn, "NUMPY_DTYPES", ())  # torch's addmm, the GPU's product
+    rng = np.random.default_rng(8)
+    refs = torch.tensor(rng.standard_normal((500, 128)) * rng.uniform(1, 20, (500, 1)), dtype=dtype)
+    queries = torch.tensor(rng.standard_normal((60, 128)) * rng.uniform(1, 20, (60, 1)), dtype=dtype)
+    ref_sq = (refs * refs).sum(dim=1)
+    scores = knn._scorer(refs, ref_sq)(queries, queries.new_empty(60, 500)).double()   # (60, 500)
+    exact = (queries.double()[:, None] - refs.double()).square().sum(2)                # (60, 500)
+    error = knn._product_error(queries, 128, ref_sq)                                   # (60,)
+    deviation = (scores + queries.double().square().sum(1, keepdim=True) - exact).abs()
+    assert (deviation <= error[:, None]).all()
+    assert deviation.max() > 0 or dtype == torch.float64  # float32: the bound is not vacuously met
+
+
+@pytest.mark.parametrize("k", [1, 10])
+def test_torch_product_gives_the_same_predictions(k, monkeypatch):
+    queries, refs, labels = clustered(9, dim=128)
+    args = torch.tensor(queries, dtype=torch.float32), torch.tensor(refs, dtype=torch.float32), torch.tensor(labels)
+    monkeypatch.setattr(knn, "NUMPY_DTYPES", ())
+    np.testing.assert_array_equal(knn_predict(*args, k=k).numpy(), sklearn_predict(queries.astype(np.float32),
+                                                                                   refs.astype(np.float32), labels, k))
+
+
+def test_threads_take_whole_chunks_with_the_same_predictions_and_get_their_setting_back():
+    queries, refs, labels = clustered(10)
+    args = torch.tensor(queries), torch.tensor(refs), torch.tensor(labels)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = knn_predict(*args, k=10)  # one thread: chunks in turn
+        torch.set_num_threads(3)
+        threaded = knn_predict(*args, k=10, chunk_elements=len(refs) * 7 * 3)  # 3 threads, 7 queries a chunk
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(threaded, alone)
