@@ -229,7 +229,7 @@ def test_cpu_results_trains_and_evaluates_the_four_methods_at_its_stated_setting
         # The settings its header states: from scratch, 64 px, batch 64, lr 0.01, 8 epochs, seed 0, on the CPU.
         assert (args.pretrained, args.image_size, args.batch_size, args.lr, args.epochs, args.seed, args.device) == (
             "none", 64, 64, 0.01, 8, 0, "cpu")
-        assert args.data == "/datasets" and args.dataset == "RSSCN7" and args.out == str(out)
+        assert args.data == str(tmp_path / "datasets") and args.dataset == "RSSCN7" and args.out == str(out)
         assert args.run_name == f"RSSCN7-{args.method}-{memory}-seed0"
         assert evaluate_parser().parse_args(evaluate[2:]).target == os.path.join(str(out), args.run_name)
         runs.add((memory, args.method))

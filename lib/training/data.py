@@ -143,7 +143,7 @@ def make_batches(splits, args, dist, report=None, band_stats=None):
     eval_batch_size = args.eval_batch_size or args.batch_size
     made = (batches("train", args.batch_size, shuffle=True, generator=generator), batches("val", eval_batch_size),
             batches("train", eval_batch_size))
-    made[0].fold_single = True  # no training step on a single image (BatchNorm): docs/differences-notes-23.md
+    made[0].fold_single = True  # no training step on a single image (BatchNorm): docs/differences.md
     if bands is not None:  # per-band statistics of the training split, once
         bands = training_statistics(bands, splits["train"], args.image_size, args.num_workers, images["train"],
                                     band_stats)
