@@ -24,7 +24,11 @@ GRAYSCALE_P = 0.2  # RandomGrayscale(p)
 JITTER = 0.4  # ColorJitter: brightness, contrast, saturation factors in [0.6, 1.4], hue shift in [-0.4, 0.4]
 FLIP_P = 0.5  # RandomHorizontalFlip(p)
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # ColorJitter's fn_idx numbering: 0, 1, 2, 3
-CPU_CHUNK_ELEMENTS = 2**18  # floats per CPU sub-batch in train_augment (1 MB: it and its temporaries stay in cache)
+# train_augment's CPU sub-batches: images of up to CPU_OWN_ELEMENTS floats (~209 px) go CPU_CHUNK_ELEMENTS floats
+# (4 MB) at a time, so that small images pay few calls; a larger image is a sub-batch of its own, which stays in
+# cache and is never gathered and scattered back (an op chosen for a subset of the sub-batch does that).
+CPU_CHUNK_ELEMENTS = 2**20
+CPU_OWN_ELEMENTS = 2**17
 
 
 def to_float(images_uint8):
@@ -161,15 +165,15 @@ def train_augment(images_uint8, generator=None, params=None):
     """The reference training transform (after the resize) on a uint8 (B,3,H,W) batch -> float32 (B,3,H,W).
 
     The parameters (``params``, or drawn here from ``generator``) cover the whole batch first; on the CPU
-    every step (``ToTensor``, the ops, ``Normalize``) then runs on sub-batches of about 1 MB that stay in
-    cache (at 256 px this is several times faster than whole-batch passes through memory). The result does
-    not depend on the sub-batch.
+    every step (``ToTensor``, the ops, ``Normalize``) then runs on sub-batches (``cpu_sub_batch``): at 256 px
+    one image at a time is faster than whole-batch passes through memory; at 64 px a batch of 64 is one
+    sub-batch. The result does not depend on the sub-batch.
     """
     if images_uint8.dtype != torch.uint8:
         raise TypeError(f"expected a uint8 image batch, got {images_uint8.dtype}")
     params = params if params is not None else draw_params(images_uint8.shape[0], images_uint8.device, generator)
     out = torch.empty(images_uint8.shape, dtype=torch.float32, device=images_uint8.device)  # (B,3,H,W)
-    step = len(out) if out.device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // max(1, out[0:1].numel()))
+    step = len(out) if out.device.type != "cpu" else cpu_sub_batch(out[0:1].numel())
     mean = torch.tensor(IMAGENET_MEAN, device=out.device).view(1, 3, 1, 1)  # (1,3,1,1)
     std = torch.tensor(IMAGENET_STD, device=out.device).view(1, 3, 1, 1)  # (1,3,1,1)
     for start in range(0, len(out), step):
@@ -178,6 +182,11 @@ def train_augment(images_uint8, generator=None, params=None):
         _apply_inplace(x, {name: value[part] for name, value in params.items()})
         x.sub_(mean).div_(std)  # Normalize
     return out
+
+
+def cpu_sub_batch(image_elements):
+    """Images per CPU sub-batch of ``train_augment`` for images of ``image_elements`` floats (C x H x W)."""
+    return 1 if image_elements > CPU_OWN_ELEMENTS else max(1, CPU_CHUNK_ELEMENTS // max(1, image_elements))
 
 
 def eval_preprocess(images_uint8):

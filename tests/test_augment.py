@@ -192,6 +192,10 @@ def test_cpu_sub_batches_do_not_change_the_result(monkeypatch):
     images = torch.randint(0, 256, (10, 3, 16, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     whole = train_augment(images, torch.Generator().manual_seed(7))
     monkeypatch.setattr(augment, "CPU_CHUNK_ELEMENTS", 3 * images[0].numel())  # sub-batches of 3, 3, 3, 1
+    assert augment.cpu_sub_batch(images[0].numel()) == 3
+    assert torch.equal(train_augment(images, torch.Generator().manual_seed(7)), whole)
+    monkeypatch.setattr(augment, "CPU_OWN_ELEMENTS", images[0].numel() - 1)  # an image is a sub-batch of its own
+    assert augment.cpu_sub_batch(images[0].numel()) == 1
     assert torch.equal(train_augment(images, torch.Generator().manual_seed(7)), whole)
 
 

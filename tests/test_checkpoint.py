@@ -12,7 +12,7 @@ import torch
 
 import lib.training.checkpoint
 from errors import InputError
-from lib.training.checkpoint import check_compatible, load_state, resolve_resume, save_checkpoint
+from lib.training.checkpoint import check_compatible, link_checkpoint, load_state, resolve_resume, save_checkpoint
 
 from conftest import REPO
 
@@ -33,6 +33,26 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(1000))
     assert os.listdir(tmp_path) == ["last.pt"]  # no torn temporary file left behind
 
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-link", "no-hard-links"])
+def test_best_keeps_its_epoch_when_last_is_written_again(tmp_path, monkeypatch, links):
+    def no_links(source, target):  # as on a file system without hard links: best.pt becomes a copy
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    if not links:
+        monkeypatch.setattr(lib.training.checkpoint.os, "link", no_links)
+    last, best = str(tmp_path / "last.pt"), str(tmp_path / "best.pt")
+    save_checkpoint(last, {"epoch": 1, "w": torch.ones(1000)})
+    link_checkpoint(last, best)
+    assert Path(best).read_bytes() == Path(last).read_bytes()
+    assert (os.stat(best).st_ino == os.stat(last).st_ino) == links
+    save_checkpoint(last, {"epoch": 2, "w": torch.zeros(1000)})  # renamed over last.pt: best.pt's file is untouched
+    state, newer = load_state(best), load_state(last)
+    assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(1000))
+    assert newer["epoch"] == 2 and torch.equal(newer["w"], torch.zeros(1000))
+    link_checkpoint(last, best)  # replaces the previous best.pt
+    assert load_state(best)["epoch"] == 2 and sorted(os.listdir(tmp_path)) == ["best.pt", "last.pt"]
 
 WRITER = """
 import io, os, signal, sys, torch

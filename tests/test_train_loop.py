@@ -1,5 +1,6 @@
 """The training loop's wiring of the triplet baseline: one forward pass over anchors, their positives and
-their negatives, in that order, each an image of the dataset index the epoch's draw names."""
+their negatives, in that order, each an image of the dataset index the epoch's draw names; the optimiser's
+all-tensors-at-once (foreach) step, which training uses on every device, against the per-tensor step."""
 import torch
 from old_loop_call import train_one_epoch
 
@@ -42,3 +43,22 @@ def test_triplet_step_forwards_anchors_positives_negatives(monkeypatch):
     for seen, anchors in zip(model.inputs, order):
         ids = seen[:, 0, 0, 0].long()                                         # the index each image shows
         assert torch.equal(ids, torch.cat([anchors, positives[anchors], negatives[anchors]]))
+
+
+def test_the_foreach_step_gives_the_per_tensor_steps_numbers():
+    torch.manual_seed(0)
+    net = EmbeddingNet("resnet18", 8, 3)
+    grads = [[torch.randn_like(p) for p in net.parameters()] for _ in range(3)]
+    params = {}
+    for foreach in (False, True):
+        model = EmbeddingNet("resnet18", 8, 3)
+        model.load_state_dict(net.state_dict())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
+                                    foreach=foreach)
+        for step in grads:
+            for p, g in zip(model.parameters(), step):
+                p.grad = g.clone()
+            optimizer.step()
+        params[foreach] = [p.detach() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(params[False], params[True]))
+    assert not all(torch.equal(a, b) for a, b in zip(params[True], net.parameters()))  # the steps moved them

@@ -1,6 +1,7 @@
 """Checkpoints: state dicts and plain values only, written atomically, loaded with ``weights_only=True``."""
 import glob
 import os
+import shutil
 
 import torch
 
@@ -28,6 +29,34 @@ def save_checkpoint(path, state):
             os.remove(tmp)
         raise
     os.replace(tmp, path)
+    _sync_folder(path)
+
+
+def link_checkpoint(source, path):
+    """``path`` becomes the checkpoint just written at ``source`` (best.pt <- last.pt), atomically: a hard link,
+    so the bytes are not written a second time, or a copy where the file system has none. The next
+    ``save_checkpoint(source, ...)`` renames a new file over ``source``, so ``path`` keeps these bytes."""
+    tmp = f"{path}.tmp"
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    try:
+        os.link(source, tmp)
+    except OSError:  # no hard links here (some network and FAT file systems)
+        try:
+            with open(source, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+    os.replace(tmp, path)
+    _sync_folder(path)
+
+
+def _sync_folder(path):
+    """fsync the folder of ``path``: its new name survives a crash."""
     folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:
         os.fsync(folder)

@@ -27,6 +27,7 @@ from lib.losses import METHODS, TERMS
 from lib.memories import MEMORIES
 from lib.training.checkpoint import (
     check_compatible,
+    link_checkpoint,
     load_state,
     resolve_resume,
     restore_rng,
@@ -123,7 +124,7 @@ def train_ranks(args, dist):
     if not loss_fn.with_ce:  # FC2 gets no gradient without L_CE: frozen, DDP does not wait for one
         net.fc2.requires_grad_(False)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
-                                weight_decay=args.weight_decay)
+                                weight_decay=args.weight_decay, foreach=True)  # CPU too: fewer calls, same numbers
     start_epoch, best_acc, position = 0, -1.0, None
     if checkpoint is not None:
         start_epoch, best_acc, position = restore_training_state(checkpoint, net, memory, optimizer, precision.scaler,
@@ -196,10 +197,9 @@ def train_ranks(args, dist):
                            "best_knn_acc": best_acc, "time_s": time.time() - start,
                            **({"startup_s": startup_s} if epoch == start_epoch else {})}
                 log.log_epoch(metrics, SCALARS)
-                saved = state(epoch + 1)
-                save_checkpoint(last, saved)
+                save_checkpoint(last, state(epoch + 1))
                 if is_best:
-                    save_checkpoint(os.path.join(log.checkpoints, "best.pt"), saved)
+                    link_checkpoint(last, os.path.join(log.checkpoints, "best.pt"))
                 terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in losses.items() if k != "loss")
                 references = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if v is not None)
                 print(f"epoch {epoch + 1}/{args.epochs}  loss {losses['loss']:.4f} ({terms})  lr {lr:g}  "
