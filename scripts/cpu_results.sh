@@ -20,48 +20,27 @@
 #   DATASET   the dataset folder's name; a known name (datasets/presets.py) gives --imgEXT (default RSSCN7: jpg)
 #   OUT       where the run folders and the tables go (default runs/cpu_results)
 #   EPOCHS    training epochs (default 8)
-#   DRY_RUN   1: print the commands, run nothing
+#   DRY_RUN   1: check the commands and print them, run nothing
+#   RUNS, TRAIN_ARGS, EVAL_ARGS, EXTRA_ARGS as for the paper scripts, whose steps this script shares
+#             (scripts/paper_common.sh): the commands are checked before the first training, a run whose
+#             eval/test/results.json exists is skipped, one with a checkpoint but no results is resumed.
 #
-# Run folders: $OUT/<dataset>-<method>-<mb|mu>-seed0, named as the paper scripts name theirs. A run whose
-# eval/test/results.json exists is skipped, one with a checkpoint but no results is resumed. Written: $OUT/tables/
+# Run folders: $OUT/<dataset>-<method>-<mb|mu>-seed0, named as the paper scripts name theirs. Written: $OUT/tables/
 # (tables.md, learning_curves.png, ...) and $OUT/wall_times.tsv (seconds of training and of evaluation per run).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
 : "${DATA:?set DATA to the folder that holds the dataset folder (e.g. RSSCN7/)}"
 DATASET=${DATASET:-RSSCN7}
 OUT=${OUT:-runs/cpu_results}
 EPOCHS=${EPOCHS:-8}
-SETTINGS=(--pretrained none --image-size 64 -b 64 --lr 0.01 --seed 0 --device cpu)
+SEEDS=1
+ESTIMATE=none  # the paper scripts' estimate is of GPU hours; the header above gives these runs' time
+TRAIN_ARGS="--pretrained none --image-size 64 -b 64 --lr 0.01 --device cpu ${TRAIN_ARGS:-}"
+EVAL_ARGS="--device cpu ${EVAL_ARGS:-}"
+source "$(dirname "$0")/paper_common.sh"
 
-run() {
-  echo "+ $*"
-  if [ "${DRY_RUN:-0}" != 1 ]; then "$@"; fi
-}
-
-train_and_eval() {  # train_and_eval ENTRY METHOD
-  local memory=mb
-  if [ "$1" = train_SNCA_CE_MC ]; then memory=mu; fi
-  local name="$DATASET-$2-$memory-seed0"
-  local folder="$OUT/$name"
-  if [ -f "$folder/eval/test/results.json" ]; then
-    echo "= $name: done ($folder/eval/test/results.json)"
-    return
-  fi
-  local train=(python3 "$1/main.py" --data "$DATA" --dataset "$DATASET" --method "$2" --epochs "$EPOCHS"
-               "${SETTINGS[@]}" --out "$OUT" --run-name "$name")
-  if [ -f "$folder/checkpoints/last.pt" ]; then train+=(--resume "$folder"); fi
-  local start=$SECONDS
-  run "${train[@]}"
-  local trained=$((SECONDS - start))
-  run python3 scripts/evaluate.py "$folder" --device cpu
-  if [ "${DRY_RUN:-0}" != 1 ]; then
-    if [ ! -f "$OUT/wall_times.tsv" ]; then printf 'run\ttrain_s\teval_s\n' > "$OUT/wall_times.tsv"; fi
-    printf '%s\t%d\t%d\n' "$name" "$trained" $((SECONDS - start - trained)) >> "$OUT/wall_times.tsv"
-  fi
-}
-
-train_and_eval train_SNCA_CE snca-ce
-train_and_eval train_SNCA_CE_MC snca-ce
-train_and_eval train_SNCA_CE d-cnn
-train_and_eval train_SNCA_CE triplet
+plan train_SNCA_CE    snca-ce "$DATASET"
+plan train_SNCA_CE_MC snca-ce "$DATASET"
+plan train_SNCA_CE    d-cnn   "$DATASET"
+plan train_SNCA_CE    triplet "$DATASET"
+run_plan
 run python3 scripts/make_tables.py "$OUT"

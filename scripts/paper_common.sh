@@ -19,6 +19,7 @@
 #   RUNS        only the runs whose name matches this shell pattern, e.g. 'NWPU-RESISC45-snca-ce-*' (default *, all);
 #               the tables are made of the runs there are
 #   DRY_RUN     1: make the same checks, print the plan and the commands, run nothing
+#   ESTIMATE    gpu (default): the plan line estimates the GPU hours; none: it only counts the runs
 #
 # Before the first training every command the plan will run is checked (scripts/check_commands.py runs each as
 # its tool's --check-args: the flags parse, the paths exist, nothing is written), and DATA must hold the dataset
@@ -27,7 +28,8 @@
 # Run folders: $OUT/<dataset>-<method>-<mb|mu>-seed<k>, e.g. runs/paper/NWPU-RESISC45-snca-ce-mu-seed0, the same name
 # in every script, so the scripts share their runs: a run whose eval/test/results.json exists is skipped, and a run
 # with a checkpoint but no results is resumed, then evaluated. A run of the unseen-class split (--split unseen) is
-# $OUT/<dataset>-unseen-<method>-<mb|mu>-seed<k>.
+# $OUT/<dataset>-unseen-<method>-<mb|mu>-seed<k>. $OUT/wall_times.tsv gets one line per run trained here: its name and
+# the seconds its training and its evaluation took.
 #
 # A script lists its runs with `plan ENTRY METHOD DATASET [SPLIT]` (ENTRY: train_SNCA_CE, the memory bank, or
 # train_SNCA_CE_MC, the momentum update; SPLIT: reference, the default, or unseen), once per row, and then calls
@@ -43,10 +45,11 @@ read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
 read -r -a TRAIN_EXTRA <<< "${TRAIN_ARGS:-}"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
 if [ ! -d "$DATA" ]; then
-  echo "error: DATA=$DATA is not a folder: set DATA to the folder that holds AID/ and NWPU-RESISC45/" >&2
+  echo "error: DATA=$DATA is not a folder: set DATA to the folder that holds the dataset folders" >&2
   exit 1
 fi
 case "$AMP" in none|bf16|fp16) ;; *) echo "error: AMP=$AMP is not one of none, bf16, fp16" >&2; exit 1 ;; esac
+case "${ESTIMATE:=gpu}" in gpu|none) ;; *) echo "error: ESTIMATE=$ESTIMATE is not one of gpu, none" >&2; exit 1 ;; esac
 
 run() {
   echo "+ $*"
@@ -83,8 +86,14 @@ train_and_eval() {
     echo "= $NAME: done ($FOLDER/eval/test/results.json)"
     return
   fi
+  local start=$SECONDS trained
   run "${TRAIN[@]}"
+  trained=$((SECONDS - start))
   run "${EVAL[@]}"
+  if [ "${DRY_RUN:-0}" != 1 ]; then
+    if [ ! -f "$OUT/wall_times.tsv" ]; then printf 'run\ttrain_s\teval_s\n' > "$OUT/wall_times.tsv"; fi
+    printf '%s\t%d\t%d\n' "$NAME" "$trained" $((SECONDS - start - trained)) >> "$OUT/wall_times.tsv"
+  fi
 }
 
 # check_plan: every command of the plan still to run passes its tool's --check-args, and DATA holds every dataset
@@ -176,11 +185,15 @@ run_plan() {
   amp=$(flag_value --amp "$AMP")
   size=$(flag_value --image-size 256)
   if [ "$amp" != none ]; then precision="$amp autocast"; fi
-  echo "plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate), about" \
+  if [ "$ESTIMATE" = none ]; then
+    echo "plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate)"
+  else
+    echo "plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate), about" \
        "$(awk -v s="$seconds" 'BEGIN { printf "%.2f", s / 3600 }') GPU hours on one H200 in $precision," \
        "$(flag_value --epochs "$EPOCHS") epochs, $SEEDS seed(s), $size px (time assumed to scale with the pixels," \
        "(S/256)^2; other flags at their defaults; evaluation and first decoding not counted; from" \
        "benchmarks/RESULTS.md: scripts/paper_common.sh, docs/reproduce.md)"
+  fi
   check_plan
   for seed in $(seq 0 $((SEEDS - 1))); do
     for row in "${PLAN[@]}"; do

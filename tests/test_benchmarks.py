@@ -59,3 +59,19 @@ def test_the_authors_process_runs_for_the_whole_process_benchmark(memory, image_
     assert checkpoint["best_acc"] == pytest.approx(max(accuracies) / 100, abs=5e-5)  # printed to 0.01 %
     # their best copy is written when an epoch beats the best so far, which starts at 0
     assert os.path.exists(os.path.join(checkpoints, "model_best.pth.tar")) == (max(accuracies) > 0)
+
+
+@pytest.mark.slow  # trains ResNet-18 for one epoch under the profiler
+def test_the_time_split_finds_every_part_of_a_run(image_tree, monkeypatch):
+    """``benchmarks/where_time_goes.py`` on the tiny dataset: every part it names is a function the run calls (a part
+    whose function moved would stop it), each takes some time, and the parts fit in the profile's total."""
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("where", os.path.join(REPO, "benchmarks", "where_time_goes.py"))
+    where = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(where)
+    flags = ("--image-size", "32", "-b", "16", "--lr", "0.01", "--epochs", "2", "--num_workers", "0")
+    times, total = where.profile_run(image_tree, "tiny", "png", flags)
+    assert len(times) == sum(1 for part, *_ in where.PARTS if part)
+    assert all(seconds > 0 for seconds in times.values()), times
+    top_level = sum(seconds for part, seconds in times.items() if not part.startswith(" "))
+    assert top_level <= total

@@ -23,8 +23,8 @@ PLAN = re.compile(r"^plan: (\d+) runs \((\d+) already evaluated, (\d+) to train 
 
 
 def datasets(folder):
-    """``folder`` holding empty AID/ and NWPU-RESISC45/: all that a dry run's checks look at."""
-    for name in ("AID", "NWPU-RESISC45"):
+    """``folder`` holding empty AID/, NWPU-RESISC45/ and RSSCN7/: all that a dry run's checks look at."""
+    for name in ("AID", "NWPU-RESISC45", "RSSCN7"):
         os.makedirs(os.path.join(folder, name), exist_ok=True)
     return str(folder)
 
@@ -196,6 +196,9 @@ def test_a_paper_script_runs_end_to_end_on_a_tiny_layout(tmp_path):
     assert (out / "NWPU-RESISC45-snca-ce-mb-seed0" / "eval" / "test" / "results.json").is_file()
     tables = (out / "tables" / "tables.md").read_text()
     assert "NWPU-RESISC45" in tables and "SNCA-CE (MB)" in tables
+    header, timed = (line.split("\t") for line in (out / "wall_times.tsv").read_text().splitlines())
+    assert header == ["run", "train_s", "eval_s"] and timed[0] == "NWPU-RESISC45-snca-ce-mb-seed0"
+    assert int(timed[1]) > 0 and int(timed[2]) >= 0
 
 
 def test_check_commands_runs_each_tool_in_its_check_mode_and_writes_nothing(tmp_path):
@@ -218,6 +221,8 @@ def test_check_commands_runs_each_tool_in_its_check_mode_and_writes_nothing(tmp_
 def test_cpu_results_trains_and_evaluates_the_four_methods_at_its_stated_settings(tmp_path):
     out = tmp_path / "cpu"
     lines = dry_run("cpu_results.sh", out)
+    assert lines[0] == "plan: 4 runs (0 already evaluated, 4 to train and evaluate)"  # no GPU-hours estimate
+    assert "checked 8 command(s): all pass" in "\n".join(lines)
     cmds = commands(lines)
     trains = [c for c in cmds if c[1].endswith("/main.py")]
     evals = [c for c in cmds if c[1] == "scripts/evaluate.py"]
