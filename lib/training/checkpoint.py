@@ -18,18 +18,7 @@ def save_checkpoint(path, state):
 
     A crash at any moment leaves either the old or the new checkpoint, never a torn one.
     """
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:  # a full disk, an interrupt: the old checkpoint stays, the torn copy goes
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
-    _sync_folder(path)
+    _write_atomically(path, lambda f: torch.save(state, f))
 
 
 def link_checkpoint(source, path):
@@ -37,20 +26,30 @@ def link_checkpoint(source, path):
     so the bytes are not written a second time, or a copy where the file system has none. The next
     ``save_checkpoint(source, ...)`` renames a new file over ``source``, so ``path`` keeps these bytes."""
     tmp = f"{path}.tmp"
-    if os.path.exists(tmp):
+    if os.path.exists(tmp):  # left by a crash: os.link does not replace it
         os.remove(tmp)
     try:
         os.link(source, tmp)
     except OSError:  # no hard links here (some network and FAT file systems)
-        try:
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with open(source, "rb") as src:
+            return _write_atomically(path, lambda f: shutil.copyfileobj(src, f))
+    os.replace(tmp, path)
+    _sync_folder(path)
+
+
+def _write_atomically(path, write):
+    """``write(file)`` into ``path``.tmp, fsync, rename over ``path``, fsync the folder; a failure removes the
+    torn temporary file (a full disk, an interrupt) and leaves ``path`` as it was."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
     _sync_folder(path)
 
