@@ -185,10 +185,11 @@ run_plan() {
   amp=$(flag_value --amp "$AMP")
   size=$(flag_value --image-size 256)
   if [ "$amp" != none ]; then precision="$amp autocast"; fi
+  local line="plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate)"
   if [ "$ESTIMATE" = none ]; then
-    echo "plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate)"
+    echo "$line"
   else
-    echo "plan: $total runs ($((total - todo)) already evaluated, $todo to train and evaluate), about" \
+    echo "$line, about" \
        "$(awk -v s="$seconds" 'BEGIN { printf "%.2f", s / 3600 }') GPU hours on one H200 in $precision," \
        "$(flag_value --epochs "$EPOCHS") epochs, $SEEDS seed(s), $size px (time assumed to scale with the pixels," \
        "(S/256)^2; other flags at their defaults; evaluation and first decoding not counted; from" \
